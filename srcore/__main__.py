@@ -1,0 +1,3 @@
+from srcore.cli import main
+
+raise SystemExit(main())

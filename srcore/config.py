@@ -1,0 +1,259 @@
+"""One typed configuration object for every entry point.
+
+Layering, lowest to highest: dataclass defaults (the seed tutorial's values) <
+preset (`seed`, `smoke`, ...) < YAML file (`--config`) < explicit overrides (CLI
+flags, MLproject `-P` parameters, KFP pipeline parameters). An override whose value is
+the empty string means "not given", so MLproject and KFP can declare every parameter
+without clobbering the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+CONTENT_LOSSES = ("vgg19_54", "mse")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    # ---- data source and ingest -------------------------------------------------
+    source: str = _f("demo", "CelebA img_align_celeba.zip, a directory of images, an http(s) URL of a zip, or 'demo' (offline smoke images)")
+    data_dir: str = _f("data/celeba-128", "ingest output: train shards, test PNGs, manifest.json")
+    limit: int = _f(10661, "use the first N images sorted by name (the seed used 10661)")
+    test_count: int = _f(500, "the last N selected images form the test split")
+    showcase_count: int = _f(5, "the last N test images are the showcase faces of the sample grids")
+    partition_file: str = _f("", "optional CelebA list_eval_partition.txt: select train/val ids (0/1) only")
+    sha256: str = _f("", "expected sha256 of a downloaded source zip (optional)")
+    cache_dir: str = _f("~/.cache/srgan", "where downloads are cached")
+    shard_size: int = _f(2000, "train images per TFRecord shard")
+    workers: int = _f(0, "ingest worker processes (0 = all cores)")
+    max_pixels: int = _f(40_000_000, "refuse images with more pixels (decompression bombs)")
+    force: bool = _f(False, "redo ingest even if an identical manifest exists")
+
+    # ---- input pipeline -----------------------------------------------------------
+    hr_size: int = _f(128, "HR crop size")
+    scale: int = _f(4, "upscaling factor")
+    antialias: bool = _f(True, "antialiased bicubic x4 downsampling (literature); false = the seed's aliased variant")
+    augment: bool = _f(True, "training augmentation master switch")
+    aug_flip: bool = _f(True, "random left-right flip")
+    aug_color: bool = _f(True, "saturation/brightness/contrast/hue jitter as in the seed")
+    shuffle_buffer: int = _f(2048, "tf.data shuffle buffer (images)")
+    seed: int = _f(42, "random seed for shuffling, augmentation and weights")
+
+    # ---- models -------------------------------------------------------------------
+    gen_filters: int = _f(64, "generator width")
+    gen_blocks: int = _f(16, "generator residual blocks")
+    disc_filters: int = _f(64, "discriminator base width")
+    disc_flatten: bool = _f(False, "paper's Flatten before Dense (one logit per image); default keeps the seed's per-patch logits")
+
+    # ---- losses -------------------------------------------------------------------
+    content_loss: str = _f("vgg19_54", "content loss", choices=CONTENT_LOSSES)
+    adv_weight: float = _f(1e-3, "weight of the adversarial loss in the generator loss")
+    vgg_weights: str = _f("", "local VGG19 ImageNet .h5 (no top); empty = Keras cache or download")
+
+    # ---- training -----------------------------------------------------------------
+    batch_size: int = _f(30, "global batch size (split across GPUs)")
+    epochs: int = _f(60, "adversarial (SRGAN) epochs")
+    pretrain_epochs: int = _f(0, "generator pre-training epochs with pixel MSE (SRResNet)")
+    steps_per_epoch: int = _f(0, "cap steps per epoch (0 = one pass over the train split)")
+    learning_rate: float = _f(1e-4, "Adam learning rate, adversarial phase")
+    pretrain_learning_rate: float = _f(1e-4, "Adam learning rate, pre-training phase")
+    lr_schedule: str = _f("constant", "learning-rate schedule within each phase", choices=LR_SCHEDULES)
+    beta_1: float = _f(0.9, "Adam beta1")
+    beta_2: float = _f(0.999, "Adam beta2")
+    epsilon: float = _f(1e-8, "Adam epsilon")
+    precision: str = _f("float32", "Keras dtype policy", choices=PRECISIONS)
+    jit_compile: bool = _f(False, "XLA-compile the train step")
+    checkpoint_every: int = _f(20, "save a checkpoint every N epochs (and always at the end)")
+    keep_checkpoints: int = _f(3, "checkpoints to keep")
+    log_every_steps: int = _f(50, "log step metrics to MLflow every N steps")
+    eval_every: int = _f(1, "compute test metrics and sample grid every N epochs (0 = never)")
+    eval_images: int = _f(100, "test images used for per-epoch metrics (0 = all)")
+    model_dir: str = _f("runs/srgan", "training output: checkpoints, generator.keras, run id")
+
+    # ---- evaluation and registry ----------------------------------------------------
+    crop_border: int = _f(4, "pixels removed at each border before PSNR/SSIM")
+    eval_dir: str = _f("runs/eval", "evaluation output: metrics.json, per_image.csv, grids")
+    registered_model_name: str = _f("srgan-celeba", "MLflow registered model name")
+    gate_metric: str = _f("test_psnr_y", "metric that decides the champion alias")
+    gate_mode: str = _f("max", "whether higher ('max') or lower ('min') gate_metric is better", choices=("max", "min"))
+
+    # ---- tracking -----------------------------------------------------------------
+    experiment_name: str = _f("srgan-celeba", "MLflow experiment")
+    run_name: str = _f("", "MLflow run name (empty = generated)")
+
+    # ------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"invalid parameter {name}={getattr(self, name)!r}: {what}")
+
+        need(self.limit >= 1, "limit", "must be a positive number of images")
+        need(self.test_count >= 1, "test_count", "must be at least 1")
+        need(0 <= self.showcase_count <= self.test_count, "showcase_count", "must be between 0 and test_count")
+        need(self.hr_size % self.scale == 0 and self.hr_size > 0, "hr_size", "must be a positive multiple of scale")
+        need(self.scale in (2, 4, 8), "scale", "must be 2, 4 or 8")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.epochs >= 0, "epochs", "must be >= 0")
+        need(self.pretrain_epochs >= 0, "pretrain_epochs", "must be >= 0")
+        need(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
+        need(self.gen_blocks >= 1 and self.gen_filters >= 1, "gen_blocks", "generator depth and width must be >= 1")
+        need(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        need(self.crop_border >= 0, "crop_border", "must be >= 0")
+        need(self.shard_size >= 1, "shard_size", "must be >= 1")
+        need(self.workers >= 0, "workers", "must be >= 0 (0 = all cores)")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices:
+                need(getattr(self, f.name) in choices, f.name, f"must be one of {', '.join(choices)}")
+
+    # ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        return apply_overrides(self, overrides)
+
+    @property
+    def lr_size(self) -> int:
+        return self.hr_size // self.scale
+
+
+class ConfigError(ValueError):
+    """A parameter is invalid; the message names it and says what is allowed."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Full size, the seed tutorial's recipe (with its mistakes fixed).
+    "seed": {},
+    # Tiny and CPU-fast: the end-to-end smoke run on the offline demo images.
+    "smoke": {
+        "source": "demo",
+        "limit": 48,
+        "test_count": 8,
+        "gen_filters": 16,
+        "gen_blocks": 2,
+        "disc_filters": 16,
+        "content_loss": "mse",
+        "batch_size": 8,
+        "epochs": 2,
+        "pretrain_epochs": 1,
+        "checkpoint_every": 1,
+        "log_every_steps": 2,
+        "eval_images": 8,
+        "shard_size": 16,
+        "shuffle_buffer": 64,
+        "learning_rate": 2e-4,
+        "pretrain_learning_rate": 2e-4,
+    },
+}
+
+
+def field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    out: dict[str, type] = {}
+    for f in fields(Config):
+        t = hints[f.name]
+        if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+            t = next(a for a in typing.get_args(t) if a is not type(None))
+        out[f.name] = t
+    return out
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a CLI/MLproject/KFP string (or a YAML value) to the field's type."""
+    t = field_types().get(name)
+    if t is None:
+        raise ConfigError(f"unknown parameter {name!r}; known: {', '.join(sorted(field_types()))}")
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        raise ConfigError(f"invalid parameter {name}={value!r}: expected true or false")
+    try:
+        if t is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if t is float:
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid parameter {name}={value!r}: expected a {t.__name__}") from None
+    return str(value)
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return a copy with overrides applied; None and '' mean 'not given'."""
+    values = cfg.to_dict()
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if value is None or (isinstance(value, str) and value == ""):
+            continue
+        values[key] = coerce(key, value)
+    return Config(**values)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist: pass --config with a YAML file (see configs/)")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of parameter: value")
+    preset = data.pop("preset", None)
+    if preset:
+        data = {**PRESETS[_check_preset(preset)], **data}
+    return data
+
+
+def _check_preset(name: str) -> str:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return name
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """defaults < preset < YAML < overrides."""
+    values: dict[str, Any] = {}
+    if preset:
+        values.update(PRESETS[_check_preset(preset)])
+    if config_file:
+        values.update(load_yaml(config_file))
+    cfg = apply_overrides(Config(), values)
+    return apply_overrides(cfg, overrides or {})
+
+
+def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,128 @@
+"""Losses: content (VGG19 block5_conv4 or pixel MSE), adversarial, discriminator.
+
+All losses return one value per image so that the trainer can average them over the
+*global* batch (`tf.nn.compute_average_loss`), which is what MirroredStrategy needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+VGG19_NOTOP_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + VGG19_NOTOP_FILE
+)
+# The SRGAN paper rescales VGG feature maps by 1/12.75 so that the content loss has a
+# magnitude comparable to pixel MSE.
+VGG_FEATURE_SCALE = 12.75
+RANDOM_WEIGHTS = "random"  # tests and benchmarks only: the same graph, no download
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The VGG19 ImageNet weights cannot be found or downloaded."""
+
+
+def vgg_preprocess(x: tf.Tensor) -> tf.Tensor:
+    """[-1, 1] RGB -> the caffe convention VGG19 was trained on (BGR, mean-subtracted 0..255)."""
+    return keras.applications.vgg19.preprocess_input((tf.cast(x, tf.float32) + 1.0) * 127.5)
+
+
+def resolve_vgg_weights(vgg_weights: str = "") -> str | None:
+    """Return what `keras.applications.VGG19(weights=...)` should get, or fail clearly.
+
+    Checks happen before training starts so that an offline machine fails in seconds,
+    not after the first epoch.
+    """
+    if vgg_weights == RANDOM_WEIGHTS:
+        return None
+    if vgg_weights:
+        p = Path(vgg_weights).expanduser()
+        if not p.is_file():
+            raise WeightsUnavailableError(
+                f"--vgg-weights {vgg_weights}: no such file. Pass the path of {VGG19_NOTOP_FILE} "
+                f"(download it from {VGG19_NOTOP_URL})."
+            )
+        return str(p)
+    # Keras caches downloads under $KERAS_HOME/models (default ~/.keras/models)
+    cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+    cached = cache / "models" / VGG19_NOTOP_FILE
+    if cached.is_file():
+        return str(cached)
+    try:
+        return keras.utils.get_file(VGG19_NOTOP_FILE, VGG19_NOTOP_URL, cache_subdir="models")
+    except Exception as exc:  # network errors come in many types
+        raise WeightsUnavailableError(
+            f"VGG19 ImageNet weights are not available ({type(exc).__name__}: {exc}). "
+            f"Download {VGG19_NOTOP_URL} on a machine with internet and either place it at "
+            f"{cached} or pass --vgg-weights /path/to/{VGG19_NOTOP_FILE}; "
+            "or train with --content-loss mse."
+        ) from exc
+
+
+def build_vgg_extractor(vgg_weights: str = "", layer: str = "block5_conv4") -> keras.Model:
+    """Frozen VGG19 up to `layer`, taking [-1, 1] images."""
+    weights = resolve_vgg_weights(vgg_weights)
+    vgg = keras.applications.VGG19(include_top=False, weights=weights, input_shape=(None, None, 3))
+    vgg.trainable = False
+    inp = keras.Input(shape=(None, None, 3), name="image")
+    # Rebuild up to `layer` on the preprocessed input; VGGPreprocess is a layer, not a
+    # Lambda, so the extractor stays serialisable and safe.
+    x = VGGPreprocess(name="vgg_preprocess")(inp)
+    for lyr in vgg.layers[1:]:
+        x = lyr(x)
+        if lyr.name == layer:
+            break
+    extractor = keras.Model(inp, x, name=f"vgg19_{layer}")
+    extractor.trainable = False
+    return extractor
+
+
+@keras.saving.register_keras_serializable(package="srcore")
+class VGGPreprocess(keras.layers.Layer):
+    def call(self, x):
+        return vgg_preprocess(x)
+
+
+class ContentLoss:
+    """Per-image content loss between HR and SR images in [-1, 1]."""
+
+    def __init__(self, kind: str = "vgg19_54", vgg_weights: str = ""):
+        if kind not in ("vgg19_54", "mse"):
+            raise ValueError(f"content_loss must be 'vgg19_54' or 'mse', got {kind!r}")
+        self.kind = kind
+        self.extractor = build_vgg_extractor(vgg_weights) if kind == "vgg19_54" else None
+
+    def __call__(self, hr: tf.Tensor, sr: tf.Tensor) -> tf.Tensor:
+        if self.extractor is None:
+            return pixel_mse(hr, sr)
+        f_hr = tf.cast(self.extractor(hr, training=False), tf.float32) / VGG_FEATURE_SCALE
+        f_sr = tf.cast(self.extractor(sr, training=False), tf.float32) / VGG_FEATURE_SCALE
+        return tf.reduce_mean(tf.square(f_hr - f_sr), axis=[1, 2, 3])
+
+
+def pixel_mse(hr: tf.Tensor, sr: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.square(tf.cast(hr, tf.float32) - tf.cast(sr, tf.float32)), axis=[1, 2, 3])
+
+
+def _bce_per_image(logits: tf.Tensor, value: float) -> tf.Tensor:
+    logits = tf.cast(logits, tf.float32)
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.fill(tf.shape(logits), value), logits=logits)
+    # mean over the patch logits (and the 1-unit axis) of each image
+    return tf.reduce_mean(tf.reshape(bce, [tf.shape(bce)[0], -1]), axis=1)
+
+
+def adversarial_loss(fake_logits: tf.Tensor) -> tf.Tensor:
+    """Generator's adversarial loss: D(G(x)) against ones, per image."""
+    return _bce_per_image(fake_logits, 1.0)
+
+
+def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
+    """Real against ones plus fake against zeros, per image."""
+    return _bce_per_image(real_logits, 1.0) + _bce_per_image(fake_logits, 0.0)

@@ -1,0 +1,99 @@
+"""SRGAN generator and discriminator (Keras 3 functional models).
+
+Both serialize to `.keras` and load with `safe_mode=True`: no Lambda layers; the one
+custom layer (PixelShuffle) is registered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="srcore")
+class PixelShuffle(layers.Layer):
+    """Sub-pixel convolution rearrangement: (H, W, C*r^2) -> (H*r, W*r, C)."""
+
+    def __init__(self, factor: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x):
+        return tf.nn.depth_to_space(x, self.factor)
+
+    def compute_output_shape(self, shape):
+        b, h, w, c = shape
+        r = self.factor
+        return (b, None if h is None else h * r, None if w is None else w * r, c // (r * r))
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+def _prelu(name: str) -> layers.Layer:
+    # alpha shared over height and width: one slope per channel, any input size works
+    return layers.PReLU(shared_axes=[1, 2], name=name)
+
+
+def build_generator(filters: int = 64, blocks: int = 16, scale: int = 4, name: str = "generator") -> keras.Model:
+    """SRResNet generator as in the seed: fully convolutional, [-1, 1] in and out."""
+    if scale not in (2, 4, 8):
+        raise ValueError(f"scale must be 2, 4 or 8, got {scale}")
+    lr = keras.Input(shape=(None, None, 3), name="lr")
+    x = layers.Conv2D(filters, 9, padding="same", name="head_conv")(lr)
+    skip = x = _prelu("head_prelu")(x)
+    for i in range(blocks):
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"res{i}_conv1")(x)
+        y = _prelu(f"res{i}_prelu")(y)
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"res{i}_conv2")(y)
+        x = layers.Add(name=f"res{i}_add")([x, y])
+    x = layers.Conv2D(filters, 3, padding="same", name="body_conv")(x)
+    x = layers.Add(name="global_skip")([x, skip])
+    for i in range(int(math.log2(scale))):
+        x = layers.Conv2D(filters * 4, 3, padding="same", name=f"up{i}_conv")(x)
+        x = PixelShuffle(2, name=f"up{i}_shuffle")(x)
+        x = _prelu(f"up{i}_prelu")(x)
+    x = layers.Conv2D(3, 9, padding="same", name="tail_conv")(x)
+    # float32 output even under a mixed policy: losses and metrics stay exact
+    sr = layers.Activation("tanh", dtype="float32", name="sr")(x)
+    model = keras.Model(lr, sr, name=name)
+    model.scale = scale
+    return model
+
+
+def build_discriminator(hr_size: int = 128, filters: int = 64, flatten: bool = False, name: str = "discriminator") -> keras.Model:
+    """The seed's discriminator: 8 convs with leaky ReLU, Dense(1024), Dense(1).
+
+    Without `flatten` (the seed's behaviour) the Dense layers act on every spatial
+    position, so the output is a map of logits, one per (hr/16)^2 patch: in effect a
+    patch discriminator. `flatten=True` is the SRGAN paper's single logit per image.
+    """
+    hr = keras.Input(shape=(hr_size, hr_size, 3), name="hr")
+    x = hr
+    widths = [filters, filters, filters * 2, filters * 2, filters * 4, filters * 4, filters * 8, filters * 8]
+    for i, (f, s) in enumerate(zip(widths, [1, 2] * 4)):
+        x = layers.Conv2D(f, 3, strides=s, padding="same", name=f"conv{i}")(x)
+        x = layers.LeakyReLU(0.2, name=f"lrelu{i}")(x)
+    if flatten:
+        x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(1024, name="fc")(x)
+    x = layers.LeakyReLU(0.2, name="fc_lrelu")(x)
+    logits = layers.Dense(1, dtype="float32", name="logits")(x)
+    return keras.Model(hr, logits, name=name)
+
+
+def generator_scale(model: keras.Model) -> int:
+    """The model's upscaling factor, read from its PixelShuffle layers."""
+    factor = 1
+    for layer in model.layers:
+        if isinstance(layer, PixelShuffle):
+            factor *= layer.factor
+    return factor
+
+
+def load_generator(path: str) -> keras.Model:
+    """Load a `.keras` generator with safe_mode (no arbitrary code)."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

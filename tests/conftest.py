@@ -1,0 +1,127 @@
+"""Shared fixtures: a real `mlflow server` process, the real CelebA faces when present,
+and isolation of MLflow state per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CELEBA = REPO.parent / "shared" / "data" / "celeba"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    import requests
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--workers", "1",
+        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port},127.0.0.1,localhost",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", proc=proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError(f"mlflow server failed to start; log:\n{(root / 'server.log').read_text()[-3000:]}")
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """Point MLflow at a fresh SQLite store for one test (no server)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def server_tracking(mlflow_server, monkeypatch):
+    """Point MLflow at the shared real server for one test."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def celeba_dir() -> Path:
+    if not CELEBA.is_dir() or not any(CELEBA.glob("*.jpg")):
+        pytest.skip(f"real CelebA faces not found at {CELEBA} (only on the team's machines)")
+    return CELEBA
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory) -> Path:
+    """An ingest output of the offline demo source with the smoke preset."""
+    from srcore.config import build_config
+    from srcore.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("smoke-data") / "data"
+    ingest(build_config("smoke", overrides={"data_dir": str(out)}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(tmp_path_factory) -> Path:
+    """A tiny untrained generator saved as .keras (for evaluate/upscale/registry tests)."""
+    from srcore.models import build_generator
+
+    path = tmp_path_factory.mktemp("tiny-gen") / "generator.keras"
+    build_generator(filters=8, blocks=1, scale=4).save(path)
+    return path
