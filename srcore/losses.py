@@ -51,12 +51,16 @@ def resolve_vgg_weights(vgg_weights: str = "") -> str | None:
             )
         return str(p)
     # Keras caches downloads under $KERAS_HOME/models (default ~/.keras/models)
-    cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
-    cached = cache / "models" / VGG19_NOTOP_FILE
+    keras_home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+    cached = keras_home / "models" / VGG19_NOTOP_FILE
     if cached.is_file():
         return str(cached)
     try:
-        return keras.utils.get_file(VGG19_NOTOP_FILE, VGG19_NOTOP_URL, cache_subdir="models")
+        # get_file silently falls back to /tmp/.keras when the cache dir does not exist yet
+        (keras_home / "models").mkdir(parents=True, exist_ok=True)
+        return keras.utils.get_file(
+            VGG19_NOTOP_FILE, VGG19_NOTOP_URL, cache_subdir="models", cache_dir=str(keras_home)
+        )
     except Exception as exc:  # network errors come in many types
         raise WeightsUnavailableError(
             f"VGG19 ImageNet weights are not available ({type(exc).__name__}: {exc}). "

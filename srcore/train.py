@@ -80,25 +80,28 @@ def _save_model_atomic(model: keras.Model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def steps_per_epoch(cfg: Config, data_dir: Path) -> int:
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch
+    n_train = train_count(data_dir)
+    if n_train < cfg.batch_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is larger than the {n_train} training images in {data_dir}; lower --batch-size"
+        )
+    return n_train // cfg.batch_size
+
+
 class Trainer:
     """Owns the models, optimizers, checkpoint and the compiled train steps."""
 
-    def __init__(self, cfg: Config, data_dir: str | Path, model_dir: str | Path):
+    def __init__(self, cfg: Config, data_dir: str | Path | None, model_dir: str | Path, steps_per_epoch: int):
         self.cfg = cfg
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir) if data_dir else None
         self.model_dir = Path(model_dir)
         self.strategy = make_strategy()
         keras.mixed_precision.set_global_policy(cfg.precision)
         keras.utils.set_random_seed(cfg.seed)
-
-        n_train = train_count(self.data_dir)
-        full_steps = n_train // cfg.batch_size
-        if full_steps < 1 and not cfg.steps_per_epoch:
-            raise ValueError(
-                f"batch_size={cfg.batch_size} is larger than the {n_train} training images in {self.data_dir}; "
-                "lower --batch-size"
-            )
-        self.steps_per_epoch = cfg.steps_per_epoch or full_steps
+        self.steps_per_epoch = steps_per_epoch
         self.total_epochs = cfg.pretrain_epochs + cfg.epochs
 
         with self.strategy.scope():
@@ -130,8 +133,8 @@ class Trainer:
             self.checkpoint, str(self.model_dir / "checkpoints"), max_to_keep=cfg.keep_checkpoints
         )
         self.global_batch = cfg.batch_size
-        self._pretrain_step = self._distributed(self._pretrain_replica_step)
-        self._gan_step = self._distributed(self._gan_replica_step)
+        self.pretrain_step = self._distributed(self._pretrain_replica_step)
+        self.gan_step = self._distributed(self._gan_replica_step)
 
     # ---- compiled steps --------------------------------------------------------------
     def _average(self, per_image: tf.Tensor) -> tf.Tensor:
@@ -196,7 +199,7 @@ class Trainer:
     def run_epoch(self, epoch: int) -> dict[str, float]:
         phase = self.phase_of(epoch)
         self.phase.assign(PHASES.index(phase))
-        step_fn = self._pretrain_step if phase == "pretrain" else self._gan_step
+        step_fn = self.pretrain_step if phase == "pretrain" else self.gan_step
         sums: dict[str, float] = {}
         n = 0
         start = time.perf_counter()
@@ -263,7 +266,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
     model_dir = Path(model_dir or cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(data_dir)
-    trainer = Trainer(cfg, data_dir, model_dir)
+    trainer = Trainer(cfg, data_dir, model_dir, steps_per_epoch(cfg, data_dir))
     start_epoch = trainer.restore()
 
     run_id_file = model_dir / RUN_ID_FILE

@@ -1,0 +1,140 @@
+"""Train-step throughput: the project's compiled SRGAN step vs a seed-faithful eager step.
+
+Both run the full-size models (G: 16 blocks x 64, D: 64..512, VGG19 to block5_conv4
+with random weights so nothing is downloaded) at batch 8 in the same process, one
+after the other. The seed-faithful step is what the tutorial does: plain
+`GradientTape`, float32, no `tf.function`. The project's step is measured in each of
+graph / XLA x float32 / bfloat16 and the fastest is reported.
+
+    python benchmarks/train_step.py [--batch 8] [--steps 6] [--configs graph,graph-bf16,xla,xla-bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from srcore.config import build_config  # noqa: E402
+from srcore.losses import RANDOM_WEIGHTS, build_vgg_extractor  # noqa: E402
+from srcore.models import build_discriminator, build_generator  # noqa: E402
+from srcore.train import Trainer  # noqa: E402
+
+CONFIGS = {
+    "graph": dict(precision="float32", jit_compile=False),
+    "graph-bf16": dict(precision="mixed_bfloat16", jit_compile=False),
+    "xla": dict(precision="float32", jit_compile=True),
+    "xla-bf16": dict(precision="mixed_bfloat16", jit_compile=True),
+}
+
+
+def forward_flops(model: keras.Model, input_hw: tuple[int, int]) -> float:
+    """Multiply-adds x2 of every Conv2D/Dense layer for one image of size input_hw."""
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            h, w = layer.output.shape[1], layer.output.shape[2]
+            if h is None:  # fully convolutional: scale from the input size
+                ratio = _spatial_ratio(model, layer)
+                h, w = input_hw[0] * ratio, input_hw[1] * ratio
+            k = np.prod(layer.kernel.shape)
+            total += 2.0 * h * w * k
+        elif isinstance(layer, keras.layers.Dense):
+            positions = np.prod([d for d in layer.input.shape[1:-1] if d]) if len(layer.input.shape) > 2 else 1
+            total += 2.0 * positions * np.prod(layer.kernel.shape)
+    return total
+
+
+def _spatial_ratio(model: keras.Model, layer: keras.layers.Layer) -> float:
+    probe = keras.Model(model.inputs, layer.output)
+    out = probe(np.zeros((1, 8, 8, 3), np.float32))
+    return out.shape[1] / 8
+
+
+def analytic_gflop_per_image(g, d, vgg) -> float:
+    """Training FLOPs ~ 3x forward for G and D (forward + two backward matmuls);
+    D sees real and fake images; VGG runs forward on HR and forward+input-grad on SR."""
+    g_f = forward_flops(g, (32, 32))
+    d_f = forward_flops(d, (128, 128))
+    v_f = forward_flops(vgg, (128, 128))
+    return (3 * g_f + 2 * 3 * d_f + 3 * v_f) / 1e9
+
+
+def seed_eager_step_factory(batch: int):
+    keras.mixed_precision.set_global_policy("float32")
+    g = build_generator(64, 16)
+    d = build_discriminator(128, 64)
+    vgg = build_vgg_extractor(RANDOM_WEIGHTS)
+    g_opt = keras.optimizers.Adam(1e-4)
+    d_opt = keras.optimizers.Adam(1e-4)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def step(lr, hr):
+        with tf.GradientTape() as gt, tf.GradientTape() as dt:
+            sr = g(lr, training=True)
+            real, fake = d(hr, training=True), d(sr, training=True)
+            content = tf.reduce_mean(tf.square(vgg(hr) - vgg(sr)))
+            g_loss = content + 1e-3 * bce(tf.ones_like(fake), fake)
+            d_loss = bce(tf.ones_like(real), real) + bce(tf.zeros_like(fake), fake)
+        g_opt.apply_gradients(zip(gt.gradient(g_loss, g.trainable_variables), g.trainable_variables))
+        d_opt.apply_gradients(zip(dt.gradient(d_loss, d.trainable_variables), d.trainable_variables))
+        return g_loss
+
+    return step, (g, d, vgg)
+
+
+def project_step_factory(name: str, batch: int):
+    cfg = build_config("seed", overrides=dict(batch_size=batch, vgg_weights=RANDOM_WEIGHTS, epochs=1, **CONFIGS[name]))
+    trainer = Trainer(cfg, None, tempfile.mkdtemp(prefix="bench-train-"), steps_per_epoch=1)
+    return trainer.gan_step
+
+
+def images_per_sec(step, batch: int, steps: int, warmup: int = 2) -> float:
+    rng = np.random.default_rng(0)
+    lr = tf.constant(rng.uniform(-1, 1, (batch, 32, 32, 3)).astype(np.float32))
+    hr = tf.constant(rng.uniform(-1, 1, (batch, 128, 128, 3)).astype(np.float32))
+    for _ in range(warmup):
+        _block(step(lr, hr))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        _block(step(lr, hr))
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def _block(result) -> None:
+    tf.nest.map_structure(lambda t: t.numpy(), result)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--configs", default="graph,graph-bf16,xla,xla-bf16")
+    args = ap.parse_args()
+
+    seed_step, (g, d, vgg) = seed_eager_step_factory(args.batch)
+    gflop = analytic_gflop_per_image(g, d, vgg)
+    base = images_per_sec(seed_step, args.batch, args.steps)
+    rows = [("seed-faithful eager fp32", base)]
+    for name in args.configs.split(","):
+        rows.append((f"project {name}", images_per_sec(project_step_factory(name, args.batch), args.batch, args.steps)))
+    keras.mixed_precision.set_global_policy("float32")
+
+    print(f"\nSRGAN train step, batch {args.batch}, {args.steps} timed steps, {os.cpu_count()} CPU cores")
+    print(f"analytic training cost: {gflop:.2f} GFLOP per image")
+    print(f"{'configuration':32s} {'images/s':>9s} {'GFLOP/s':>9s} {'vs eager':>9s}")
+    for name, ips in rows:
+        print(f"{name:32s} {ips:9.2f} {ips * gflop:9.1f} {ips / base:8.2f}x")
+    best = max(rows[1:], key=lambda r: r[1])
+    print(f"fastest: {best[0]} at {best[1] / base:.2f}x the eager seed-faithful step")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+import http.server
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from srcore import losses
+from srcore.losses import (
+    RANDOM_WEIGHTS,
+    ContentLoss,
+    WeightsUnavailableError,
+    adversarial_loss,
+    discriminator_loss,
+    resolve_vgg_weights,
+    vgg_preprocess,
+)
+
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], "float32")
+
+
+def test_vgg_preprocess_maps_unit_range_to_caffe_bgr():
+    rgb = np.array([[[[-1.0, 0.0, 1.0]]]], "float32")  # R=0, G=127.5, B=255 in 0..255
+    out = vgg_preprocess(rgb).numpy()[0, 0, 0]
+    expected_bgr = np.array([255.0, 127.5, 0.0]) - CAFFE_MEAN_BGR
+    np.testing.assert_allclose(out, expected_bgr, atol=1e-3)
+
+
+def test_content_loss_vgg_random_weights_per_image():
+    loss = ContentLoss("vgg19_54", RANDOM_WEIGHTS)
+    rng = np.random.default_rng(0)
+    hr = rng.uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    sr = hr.copy()
+    sr[1] = rng.uniform(-1, 1, (64, 64, 3))
+    values = loss(tf.constant(hr), tf.constant(sr)).numpy()
+    assert values.shape == (2,)
+    assert values[0] == pytest.approx(0.0, abs=1e-9)
+    assert values[1] > 0
+
+
+def test_mse_content_loss():
+    hr = np.zeros((2, 4, 4, 3), "float32")
+    sr = np.full((2, 4, 4, 3), 0.5, "float32")
+    np.testing.assert_allclose(ContentLoss("mse")(hr, sr).numpy(), [0.25, 0.25])
+
+
+def test_adversarial_and_discriminator_losses_match_bce():
+    logits = np.array([[[[2.0]], [[-1.0]]], [[[0.0]], [[0.5]]]], "float32")  # (2, 2, 1, 1)
+    sig = 1 / (1 + np.exp(-logits.reshape(2, -1)))
+    np.testing.assert_allclose(adversarial_loss(logits).numpy(), (-np.log(sig)).mean(1), rtol=1e-5)
+    d = discriminator_loss(logits, logits).numpy()
+    np.testing.assert_allclose(d, (-np.log(sig) - np.log(1 - sig)).mean(1), rtol=1e-5)
+
+
+class _WeightsHandler(http.server.BaseHTTPRequestHandler):
+    payload = b"not-really-hdf5-but-bytes"
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_vgg_weights_download_from_loopback_into_keras_cache(tmp_path, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WeightsHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        monkeypatch.setattr(losses, "VGG19_NOTOP_URL", f"http://127.0.0.1:{server.server_port}/w.h5")
+        path = Path(resolve_vgg_weights(""))
+        assert path.read_bytes() == _WeightsHandler.payload
+        # second call: served from the cache, no network needed
+        server.shutdown()
+        assert Path(resolve_vgg_weights("")) == path
+    finally:
+        server.server_close()
+
+
+def test_missing_vgg_weights_fail_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(losses, "VGG19_NOTOP_URL", "http://127.0.0.1:9/vgg19_notop.h5")  # nothing listens
+    with pytest.raises(WeightsUnavailableError) as err:
+        resolve_vgg_weights("")
+    msg = str(err.value)
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
+    assert "--vgg-weights" in msg and "--content-loss mse" in msg
+
+
+def test_explicit_vgg_weights_path_must_exist(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="no such file"):
+        resolve_vgg_weights(str(tmp_path / "missing.h5"))
