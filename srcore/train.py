@@ -21,6 +21,8 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from srcore import tracking
 from srcore.config import Config
@@ -254,8 +256,11 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
 
     cfg = trainer.cfg
     example = np.zeros((1, cfg.lr_size, cfg.lr_size, 3), np.float32)
-    signature = mlflow.models.infer_signature(example, trainer.generator(example, training=False).numpy())
-    mlflow.keras.log_model(trainer.generator, name="generator", signature=signature, input_example=example)
+    any_image = TensorSpec(np.dtype(np.float32), (-1, -1, -1, 3))  # fully convolutional: any H, W
+    signature = ModelSignature(inputs=Schema([any_image]), outputs=Schema([any_image]))
+    # The TensorFlow flavour stores Keras 3 models as .keras; mlflow.keras 3.17 fails to
+    # save an input example (it writes it before creating the model folder).
+    mlflow.tensorflow.log_model(trainer.generator, name="generator", signature=signature, input_example=example)
     info = log_upscaler(str(generator_path), name="upscaler")
     return info.model_uri
 

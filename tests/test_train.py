@@ -1,0 +1,118 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from srcore import train as train_mod
+from srcore.config import build_config
+from srcore.train import TrainingDivergedError, train
+
+TINY = dict(gen_filters=8, gen_blocks=1, disc_filters=8, batch_size=8, eval_images=4, log_every_steps=1)
+
+
+def _cfg(tmp_path, data, **kw):
+    return build_config("smoke", overrides={**TINY, "data_dir": str(data), "model_dir": str(tmp_path / "model"), **kw})
+
+
+def _history(run_id, key):
+    return [m.value for m in sorted(mlflow.MlflowClient().get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_smoke_training_moves_the_loss_and_logs_everything(tmp_path, smoke_data, tracking):
+    cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=3, epochs=1, pretrain_learning_rate=1e-3)
+    result = train(cfg)
+    assert result.epochs_done == 4
+    assert Path(result.generator_path).is_file()
+    losses = _history(result.run_id, "g_loss")
+    assert len(losses) == 4
+    assert losses[2] < losses[0]  # pixel MSE falls during pre-training
+    run = mlflow.get_run(result.run_id)
+    assert run.data.params["batch_size"] == "8"
+    assert run.data.tags["content_loss"] == "mse"
+    assert run.data.tags["data_manifest_hash"]
+    for key in ("d_loss", "adversarial_loss", "images_per_sec", "val_psnr", "val_ssim", "step_g_loss"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
+    assert "images" in artifacts  # log_image(step=...) keeps one showcase grid per epoch
+    assert result.model_uri.startswith("models:/")
+
+
+def test_resume_after_crash_continues_checkpoint_and_run(tmp_path, smoke_data, tracking, monkeypatch):
+    cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=2, checkpoint_every=1, eval_every=0)
+    real_run_epoch = train_mod.Trainer.run_epoch
+
+    def crash_on_third(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_run_epoch(self, epoch)
+
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    while mlflow.active_run():
+        mlflow.end_run("KILLED")
+    run_id = (tmp_path / "model" / "mlflow_run_id").read_text()
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", real_run_epoch)
+
+    seen = []
+    original_restore = train_mod.Trainer.restore
+    monkeypatch.setattr(train_mod.Trainer, "restore", lambda self: seen.append(original_restore(self)) or seen[-1])
+    result = train(cfg)
+    assert seen == [2]
+    assert result.run_id == run_id
+    assert result.epochs_done == 3
+    assert len(_history(run_id, "g_loss")) == 3  # one run holds the whole history
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_data, tracking, monkeypatch):
+    cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=1, checkpoint_every=1, eval_every=0)
+    ckpt_dir = tmp_path / "model" / "checkpoints"
+    real_run_epoch = train_mod.Trainer.run_epoch
+
+    def poison_second_epoch(self, epoch):
+        if epoch == 1:
+            self.gan_step = lambda lr, hr: {"g_loss": tf.constant(np.nan), "d_loss": tf.constant(0.0)}
+        return real_run_epoch(self, epoch)
+
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", poison_second_epoch)
+    with pytest.raises(TrainingDivergedError, match="g_loss became nan.*intact"):
+        train(cfg)
+    assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith("ckpt-1")
+    assert not (tmp_path / "model" / "generator.keras").exists()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_rerun_resumes(tmp_path, smoke_data, tracking):
+    model_dir = tmp_path / "model"
+    cmd = [
+        sys.executable, "-m", "srcore", "train", "--preset", "smoke", "--data", str(smoke_data), "--out", str(model_dir),
+        "--gen-filters", "8", "--gen-blocks", "1", "--disc-filters", "8", "--pretrain-epochs", "2", "--epochs", "4",
+        "--checkpoint-every", "1", "--eval-every", "0", "--steps-per-epoch", "3", "--batch-size", "4",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not tf.train.latest_checkpoint(str(model_dir / "checkpoints")):
+        time.sleep(0.2)
+    assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stderr.read()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = int(tf.train.latest_checkpoint(str(model_dir / "checkpoints")).rsplit("-", 1)[1])
+    assert 1 <= killed_at < 6
+    run_id = (model_dir / "mlflow_run_id").read_text()
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{killed_at} of 6 epochs done" in rerun.stderr  # the log says where it resumed
+    assert (model_dir / "mlflow_run_id").read_text() == run_id
+    client = mlflow.MlflowClient(tracking)
+    steps = sorted({m.step for m in client.get_metric_history(run_id, "g_loss")})
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert client.get_run(run_id).info.status == "FINISHED"
