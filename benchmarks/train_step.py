@@ -36,26 +36,27 @@ CONFIGS = {
 
 
 def forward_flops(model: keras.Model, input_hw: tuple[int, int]) -> float:
-    """Multiply-adds x2 of every Conv2D/Dense layer for one image of size input_hw."""
+    """2 x multiply-adds of every Conv2D/Dense layer for one image of size input_hw.
+
+    Walks the layers in order, tracking the spatial size through strides, pooling and
+    pixel shuffles ('same' padding everywhere in these models)."""
+    from srcore.models import PixelShuffle
+
+    h, w = input_hw
     total = 0.0
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            h, w = layer.output.shape[1], layer.output.shape[2]
-            if h is None:  # fully convolutional: scale from the input size
-                ratio = _spatial_ratio(model, layer)
-                h, w = input_hw[0] * ratio, input_hw[1] * ratio
-            k = np.prod(layer.kernel.shape)
-            total += 2.0 * h * w * k
+            h, w = -(-h // layer.strides[0]), -(-w // layer.strides[1])
+            total += 2.0 * h * w * np.prod(layer.kernel.shape)
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            h, w = h // layer.strides[0], w // layer.strides[1]
+        elif isinstance(layer, PixelShuffle):
+            h, w = h * layer.factor, w * layer.factor
+        elif isinstance(layer, keras.layers.Flatten):
+            h = w = 1
         elif isinstance(layer, keras.layers.Dense):
-            positions = np.prod([d for d in layer.input.shape[1:-1] if d]) if len(layer.input.shape) > 2 else 1
-            total += 2.0 * positions * np.prod(layer.kernel.shape)
+            total += 2.0 * h * w * np.prod(layer.kernel.shape)
     return total
-
-
-def _spatial_ratio(model: keras.Model, layer: keras.layers.Layer) -> float:
-    probe = keras.Model(model.inputs, layer.output)
-    out = probe(np.zeros((1, 8, 8, 3), np.float32))
-    return out.shape[1] / 8
 
 
 def analytic_gflop_per_image(g, d, vgg) -> float:
