@@ -1,0 +1,313 @@
+"""Evaluate a generator (or plain bicubic upscaling) on the test split of an ingest output.
+
+For every test image: LR = the shared x4 degradation of the HR crop (srcore.data.degrade,
+exactly what training sees), SR = G(LR) rounded to uint8, bicubic = bicubic upscaling
+of the same LR. Both are scored against HR with PSNR/SSIM on RGB and Y (srcore.metrics)
+and LPIPS-VGG (srcore.lpips, skipped when its weights are unavailable).
+
+Outputs in `out_dir` (each written under a temporary name, then renamed):
+- `metrics.json`: the mean of every per-image score, keyed as logged to MLflow
+  (test_psnr, test_ssim, test_psnr_y, test_ssim_y, test_lpips, bicubic_*, gain_*),
+  plus "how" (every convention behind the numbers), "counts", "model" and the data
+  manifest hash. Top-level numbers are metrics and nothing else.
+- `per_image.csv`: one row per test image with the same keys;
+- `grid.png`: LR | bicubic | SR | HR for every showcase face; `grid_<name>.png` per face.
+
+`compute_metrics` is the same computation without files or MLflow; `quick_eval` is
+the trainer's per-epoch subset of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from srcore import metrics as M
+from srcore.config import Config
+from srcore.data import degrade
+from srcore.data.dataset import load_test_images, read_manifest
+from srcore.grids import face_row, sample_grid
+from srcore.lpips import LPIPS, load_lpips
+from srcore.progress import progress
+
+log = logging.getLogger(__name__)
+
+BICUBIC = "bicubic"
+BATCH_SIZE = 32
+# batch_metrics key -> the metric name used in metrics.json, per_image.csv and MLflow
+SCORES = {"psnr_rgb": "psnr", "ssim_rgb": "ssim", "psnr_y": "psnr_y", "ssim_y": "ssim_y"}
+QUICK_KEYS = ("psnr", "ssim", "psnr_y", "ssim_y")
+
+GridRow = tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class _Batch:
+    names: list[str]
+    lr: np.ndarray
+    bicubic: np.ndarray
+    sr: np.ndarray
+    hr: np.ndarray
+
+
+# ---- the computation -------------------------------------------------------------------
+
+
+def _upscaler(generator: Any | None, cfg: Config) -> Callable[[Any, np.ndarray], np.ndarray]:
+    """(lr uint8, bicubic uint8) -> SR uint8 for a Keras generator or the bicubic 'model'."""
+    if generator is None:
+        return lambda lr, bicubic: bicubic
+
+    def run(lr: Any, bicubic: np.ndarray) -> np.ndarray:
+        # a direct call, not predict(): no per-call dataset/callback machinery
+        sr = degrade.from_unit(generator(degrade.to_unit(lr), training=False)).numpy()
+        if sr.shape != bicubic.shape:
+            raise ValueError(
+                f"the model turned LR {tuple(lr.shape)} into {sr.shape}, expected {bicubic.shape} "
+                f"(x{cfg.scale}); is it a x{cfg.scale} generator?"
+            )
+        return sr
+
+    return run
+
+
+def _batches(images: Sequence[tuple[str, np.ndarray]], upscale: Callable, cfg: Config,
+             batch_size: int = BATCH_SIZE) -> Iterator[_Batch]:
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        shapes = {img.shape for _, img in chunk}
+        if len(shapes) != 1 or next(iter(shapes))[-1] != 3:
+            raise ValueError(f"test images must all be HxWx3 of one size, got {sorted(shapes)}")
+        hr = np.stack([img for _, img in chunk])
+        lr = degrade.downscale(hr, cfg.scale, cfg.antialias)
+        bicubic = degrade.bicubic_upscale(lr, cfg.scale).numpy()
+        yield _Batch([n for n, _ in chunk], lr.numpy(), bicubic, upscale(lr, bicubic), hr)
+
+
+def _score(batch: _Batch, cfg: Config, lpips: LPIPS | None, is_bicubic: bool) -> list[dict[str, Any]]:
+    """Per-image rows: test_*, bicubic_* and gain_* scores of one batch."""
+    sr_scores = M.batch_metrics(batch.sr, batch.hr, cfg.crop_border)
+    bicubic_scores = sr_scores if is_bicubic else M.batch_metrics(batch.bicubic, batch.hr, cfg.crop_border)
+    if lpips is not None:
+        # one VGG pass over HR serves both comparisons; bicubic-as-model needs only one
+        wanted = {"bicubic": batch.bicubic} if is_bicubic else {"sr": batch.sr, "bicubic": batch.bicubic}
+        dist = lpips.compare(batch.hr, wanted)
+        sr_scores = {**sr_scores, "lpips": dist.get("sr", dist["bicubic"])}
+        bicubic_scores = {**bicubic_scores, "lpips": dist["bicubic"]}
+    rows = []
+    for i, name in enumerate(batch.names):
+        row: dict[str, Any] = {"name": name}
+        for key, metric in {**SCORES, "lpips": "lpips"}.items():
+            if key not in sr_scores:
+                continue
+            test, base = float(sr_scores[key][i]), float(bicubic_scores[key][i])
+            row[f"test_{metric}"] = test
+            row[f"bicubic_{metric}"] = base
+            # gain > 0 means better than bicubic; LPIPS is a distance (lower is better)
+            row[f"gain_{metric}"] = base - test if metric == "lpips" else test - base
+        rows.append(row)
+    return rows
+
+
+def _summarise(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean over images of every score column (inf if an image scored inf, e.g. PSNR of
+    an exact reconstruction)."""
+    keys = [k for k in rows[0] if k != "name"]
+    with np.errstate(invalid="ignore"):
+        return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+def compute_metrics(
+    generator: Any | None,
+    data_dir: str | os.PathLike,
+    cfg: Config,
+    names: Sequence[str] | None = None,
+    lpips: LPIPS | None = None,
+    showcase: Sequence[str] | None = None,
+) -> tuple[dict[str, float], list[dict[str, Any]], list[GridRow]]:
+    """Score `generator` (a Keras model, or None for bicubic upscaling) on test images.
+
+    names: test images to score (default: the whole test split, in split order).
+    showcase: faces for the grid (default: the manifest's showcase); they are upscaled
+    for the grid even when not among `names`, but only `names` are scored.
+    Returns (mean of every score, per-image rows, grid rows (name, lr, bicubic, sr, hr)).
+    """
+    manifest = read_manifest(data_dir)
+    names = list(manifest["test_files"] if names is None else names)
+    if not names:
+        raise ValueError(f"no test images to evaluate in {data_dir}")
+    showcase = list(manifest.get("showcase", []) if showcase is None else showcase)
+    upscale = _upscaler(generator, cfg)
+    is_bicubic = generator is None
+
+    rows: list[dict[str, Any]] = []
+    grid: dict[str, GridRow] = {}
+    images = load_test_images(data_dir, names)
+    total = math.ceil(len(images) / BATCH_SIZE)
+    for batch in progress(_batches(images, upscale, cfg), total=total, desc="evaluate", unit="batch"):
+        rows.extend(_score(batch, cfg, lpips, is_bicubic))
+        _collect_grid_rows(batch, showcase, grid)
+    missing = [n for n in showcase if n not in grid]
+    if missing:
+        for batch in _batches(load_test_images(data_dir, missing), upscale, cfg):
+            _collect_grid_rows(batch, showcase, grid)
+    return _summarise(rows), rows, [grid[n] for n in showcase]
+
+
+def _collect_grid_rows(batch: _Batch, showcase: Sequence[str], grid: dict[str, GridRow]) -> None:
+    for i, name in enumerate(batch.names):
+        if name in showcase:
+            # copies, so the grid does not keep whole batches alive
+            grid[name] = (name, *(a[i].copy() for a in (batch.lr, batch.bicubic, batch.sr, batch.hr)))
+
+
+def quick_eval(generator: Any, cfg: Config, data_dir: str | os.PathLike,
+               limit: int) -> tuple[dict[str, float], Image.Image]:
+    """Per-epoch check for the trainer: SR psnr, ssim, psnr_y, ssim_y (means over the
+    first `limit` test images, 0 = all; no LPIPS) and the showcase grid."""
+    manifest = read_manifest(data_dir)
+    names = manifest["test_files"][:limit] if limit else manifest["test_files"]
+    showcase = manifest.get("showcase") or names[:5]
+    summary, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=names, showcase=showcase)
+    return {k: summary[f"test_{k}"] for k in QUICK_KEYS}, sample_grid(grid_rows)
+
+
+# ---- the evaluate step ------------------------------------------------------------------
+
+
+def _load_model(model: Any) -> tuple[Any | None, str]:
+    """(generator or None for bicubic, a label saying what was evaluated)."""
+    if isinstance(model, str) and model.strip().lower() == BICUBIC:
+        return None, BICUBIC
+    if isinstance(model, (str, os.PathLike)):
+        from srcore.model_uri import resolve_generator
+
+        return resolve_generator(str(model)), str(model)
+    if callable(model):  # an in-memory Keras model (trainer, tests)
+        return model, f"in-memory:{getattr(model, 'name', type(model).__name__)}"
+    raise TypeError(f"model must be a .keras path, an MLflow model URI or 'bicubic', got {type(model).__name__}")
+
+
+def describe(cfg: Config, lpips_note: str) -> dict[str, Any]:
+    """The "how" block: every convention behind the numbers."""
+    b = cfg.crop_border
+    names = {f"{who}_{metric}": M.metric_label(metric.split("_")[0], "y" if metric.endswith("_y") else "rgb", b)
+             for who in ("test", "bicubic", "gain") for metric in SCORES.values()}
+    return {
+        **M.how(b),
+        "degradation": f"bicubic x{cfg.scale} {'antialiased' if cfg.antialias else 'aliased'}",
+        "baseline": f"bicubic x{cfg.scale} upscaling of the same uint8 LR (tf.image.resize, Keys a=-0.5)",
+        "sr": "from_unit(G(to_unit(LR))): [-1, 1] output clipped and rounded to uint8",
+        "lpips": lpips_note,
+        "gain": "test minus bicubic for PSNR/SSIM, bicubic minus test for LPIPS (positive = better than bicubic)",
+        "split": "test",
+        "metric_names": {**names, **{f"{who}_lpips": "lpips_vgg16" for who in ("test", "bicubic", "gain")}},
+    }
+
+
+def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
+             out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate `model` (.keras path, runs:/ or models:/ URI, or 'bicubic') on the test
+    split of `data_dir` (default cfg.data_dir); write metrics.json, per_image.csv and
+    grids to `out_dir` (default cfg.eval_dir); log it all to MLflow. Returns metrics.json."""
+    from srcore.tracking import step_run
+
+    data_dir = Path(data_dir or cfg.data_dir).expanduser()
+    out_dir = Path(out_dir or cfg.eval_dir).expanduser()
+    manifest = read_manifest(data_dir)
+    started = time.time()
+    with step_run(cfg, "evaluate"):
+        generator, label = _load_model(model)
+        lpips, lpips_note = load_lpips(cache_dir=cfg.cache_dir)
+        summary, rows, grid_rows = compute_metrics(generator, data_dir, cfg, lpips=lpips)
+        result = {
+            **{k: (v if math.isfinite(v) else None) for k, v in summary.items()},
+            "model": label,
+            "data_dir": str(data_dir),
+            "data_manifest_hash": manifest.get("content_hash"),
+            "counts": {"images": len(rows), "showcase": len(grid_rows), "lpips": len(rows) if lpips else 0},
+            "how": describe(cfg, lpips_note),
+            "timing": {"seconds": round(time.time() - started, 1)},
+        }
+        grid = sample_grid(grid_rows) if grid_rows else None
+        files = _write_outputs(out_dir, result, rows, grid, grid_rows)
+        _log_to_mlflow(result, summary, files, grid)
+    log.info("evaluated %s on %d test images: %s", label, len(rows),
+             ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("gain")))
+    return result
+
+
+# ---- outputs ---------------------------------------------------------------------------
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write via a temporary sibling then rename: readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _csv_value(value: Any) -> Any:
+    return f"{value:.6f}" if isinstance(value, float) else value
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+
+
+def _write_outputs(out_dir: Path, result: dict[str, Any], rows: Sequence[dict[str, Any]],
+                   grid: Image.Image | None, grid_rows: Sequence[GridRow]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [_atomic(out_dir / "per_image.csv", lambda p: _write_csv(p, rows))]
+    if grid is not None:
+        files.append(_atomic(out_dir / "grid.png", lambda p: grid.save(p, format="PNG")))
+        for row in grid_rows:
+            image = face_row(row)
+            files.append(_atomic(out_dir / f"grid_{_safe_name(row[0])}.png", lambda p: image.save(p, format="PNG")))
+    # last, so a complete metrics.json means a complete evaluation
+    text = json.dumps(result, indent=2, allow_nan=False) + "\n"
+    files.append(_atomic(out_dir / "metrics.json", lambda p: p.write_text(text)))
+    return files
+
+
+def _log_to_mlflow(result: dict[str, Any], summary: dict[str, float], files: Sequence[Path],
+                   grid: Image.Image | None) -> None:
+    import mlflow
+
+    finite = {k: v for k, v in summary.items() if math.isfinite(v)}
+    if len(finite) < len(summary):
+        log.warning("not logging non-finite metrics to MLflow: %s", sorted(set(summary) - set(finite)))
+    mlflow.log_metrics(finite)
+    how = result["how"]
+    mlflow.set_tags({
+        **{f"metric.{k}": str(how[k]) for k in ("crop_border", "data_range", "rounding", "y", "degradation", "lpips")},
+        "data_manifest_hash": str(result["data_manifest_hash"]),
+        "eval.model": result["model"],
+    })
+    for path in files:
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    if grid is not None:
+        mlflow.log_image(grid, key="eval_grid")
