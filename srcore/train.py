@@ -222,7 +222,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             elapsed = time.perf_counter() - start
             ips = n * self.global_batch / max(elapsed, 1e-9)
-            bar.set_postfix(g=f"{losses['g_loss']:.4f}", img_s=f"{ips:.1f}")
+            bar.set_postfix(g=f"{losses['g_loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
             bar.update(1)
             if int(self.step) % self.cfg.log_every_steps == 0:
                 mlflow.log_metrics({f"step_{k}": v for k, v in losses.items()}, step=int(self.step))
