@@ -1,0 +1,205 @@
+"""tf.data input pipelines over an ingest output (see docs/ARCHITECTURE.md).
+
+train_dataset: shards -> shuffle -> decode PNG -> augment the HR crop (optional) ->
+    batch -> LR by the shared x4 degradation -> (lr, hr) float32 in [-1, 1].
+test_dataset: test PNGs in manifest order, never augmented -> (lr, hr, name).
+
+Augmentation uses stateless random ops whose per-image seeds come from
+`tf.data.Dataset.random(seed=cfg.seed)`: the same config gives the same images in
+the same order in every run, and each epoch draws new ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from srcore.config import Config
+from srcore.data import degrade
+from srcore.data.ingest import FORMAT_VERSION, MANIFEST, TEST_DIR, TRAIN_DIR
+
+AUTOTUNE = tf.data.AUTOTUNE
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "name": tf.io.FixedLenFeature([], tf.string),
+}
+#: how many shards are read at once (interleaved), so that shuffling mixes shards
+_INTERLEAVE_SHARDS = 4
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    """The manifest.json of an ingest output; a clear error when there is none."""
+    path = Path(data_dir).expanduser() / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{data_dir} is not an ingest output (no {MANIFEST}): run `srgan ingest` first, "
+            "or pass the --data-dir it wrote to"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {manifest.get('format_version')!r}, this code reads "
+            f"{FORMAT_VERSION}: run `srgan ingest --force` to rebuild it"
+        )
+    return manifest
+
+
+def train_count(data_dir: str | Path) -> int:
+    """Number of training images (one epoch without drop_remainder)."""
+    return int(read_manifest(data_dir)["counts"]["train"])
+
+
+# ---- training ------------------------------------------------------------------------
+
+
+def train_dataset(cfg: Config, data_dir: str | Path) -> tf.data.Dataset:
+    """Batches of (lr, hr), float32 in [-1, 1], shapes (B, lr, lr, 3) and (B, hr, hr, 3).
+
+    One iteration is one epoch (incomplete last batch dropped), reshuffled and
+    re-augmented on every iteration.
+    """
+    manifest = _checked_manifest(cfg, data_dir)
+    count = manifest["counts"]["train"]
+    if count < cfg.batch_size:
+        raise ValueError(
+            f"the train split of {data_dir} has {count} images, fewer than batch_size="
+            f"{cfg.batch_size}: no full batch; lower batch_size or ingest more images"
+        )
+    shards = [str(Path(data_dir).expanduser() / TRAIN_DIR / name) for name in manifest["train_shards"]]
+
+    records = (
+        tf.data.Dataset.from_tensor_slices(shards)
+        .shuffle(len(shards), seed=cfg.seed, reshuffle_each_iteration=True)
+        .interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(shards), _INTERLEAVE_SHARDS),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+        .shuffle(max(1, min(cfg.shuffle_buffer, count)), seed=cfg.seed, reshuffle_each_iteration=True)
+    )
+    # One random int64 per image, different on every iteration: the augmentation seed.
+    image_seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True)
+
+    def decode_and_augment(record: tf.Tensor, image_seed: tf.Tensor) -> tf.Tensor:
+        hr = decode_crop(tf.io.parse_single_example(record, _FEATURES)["image"], cfg.hr_size)
+        if cfg.augment:
+            hr = augment_hr(hr, tf.stack([image_seed, tf.constant(cfg.seed, tf.int64)]), cfg)
+        return hr
+
+    return (
+        tf.data.Dataset.zip((records, image_seeds))
+        .map(decode_and_augment, num_parallel_calls=AUTOTUNE)
+        .batch(cfg.batch_size, drop_remainder=True)
+        .map(lambda hr: make_pair(hr, cfg), num_parallel_calls=AUTOTUNE)  # whole batches resize faster
+        .prefetch(AUTOTUNE)
+    )
+
+
+def decode_crop(png: tf.Tensor, hr_size: int) -> tf.Tensor:
+    """PNG bytes -> uint8 (hr, hr, 3). The crops are PNG: decode_png, not decode_jpeg."""
+    return tf.ensure_shape(tf.io.decode_png(png, channels=3), [hr_size, hr_size, 3])
+
+
+def augment_hr(hr: tf.Tensor, seed: tf.Tensor, cfg: Config) -> tf.Tensor:
+    """The seed tutorial's augmentation on a uint8 HR crop, returning uint8.
+
+    Random left-right flip; saturation x[0.95, 1.05], brightness +-0.05,
+    contrast x[0.95, 1.05], hue +-0.05 (on the [0, 1] scale), each with its own
+    stateless seed derived from `seed` (shape [2], int64). The result is clipped and
+    rounded to uint8 so that the LR input is degraded from a real 8-bit image.
+    """
+    flip_seed, saturation_seed, brightness_seed, contrast_seed, hue_seed = (
+        tf.random.experimental.stateless_fold_in(seed, i) for i in range(5)
+    )
+    if cfg.aug_flip:
+        hr = tf.image.stateless_random_flip_left_right(hr, flip_seed)
+    if cfg.aug_color:
+        x = tf.image.convert_image_dtype(hr, tf.float32)
+        x = tf.image.stateless_random_saturation(x, 0.95, 1.05, saturation_seed)
+        x = tf.image.stateless_random_brightness(x, 0.05, brightness_seed)
+        x = tf.image.stateless_random_contrast(x, 0.95, 1.05, contrast_seed)
+        x = tf.image.stateless_random_hue(x, 0.05, hue_seed)
+        hr = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
+    return hr
+
+
+def make_pair(hr: tf.Tensor, cfg: Config) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 HR (batch) -> (lr, hr) in [-1, 1] through the shared x4 degradation."""
+    lr = degrade.downscale(hr, cfg.scale, cfg.antialias)
+    return degrade.to_unit(lr), degrade.to_unit(hr)
+
+
+# ---- test split ----------------------------------------------------------------------
+
+
+def test_dataset(
+    cfg: Config,
+    data_dir: str | Path,
+    batch_size: int | None = None,
+    names: Sequence[str] | None = None,
+) -> tf.data.Dataset:
+    """Batches of (lr, hr, name): deterministic, never augmented.
+
+    In manifest order, or in the order of `names` (e.g. manifest["showcase"]) when
+    given. `batch_size` defaults to cfg.batch_size; the last batch may be smaller, so
+    that every test image is seen exactly once.
+    """
+    manifest = _checked_manifest(cfg, data_dir)
+    selected = _select_test_names(manifest, data_dir, names)
+    paths = [str(Path(data_dir).expanduser() / TEST_DIR / f"{name}.png") for name in selected]
+
+    def load(path: tf.Tensor, name: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return decode_crop(tf.io.read_file(path), cfg.hr_size), name
+
+    def pair_with_name(hr: tf.Tensor, name: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        lr, hr = make_pair(hr, cfg)
+        return lr, hr, name
+
+    return (
+        tf.data.Dataset.from_tensor_slices((paths, list(selected)))
+        .map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+        .batch(batch_size or cfg.batch_size)
+        .map(pair_with_name, num_parallel_calls=AUTOTUNE, deterministic=True)
+        .prefetch(AUTOTUNE)
+    )
+
+
+test_dataset.__test__ = False  # a data pipeline, not a pytest test, despite its name
+
+
+def load_test_images(data_dir: str | Path, names: Sequence[str] | None = None) -> list[tuple[str, np.ndarray]]:
+    """[(name, uint8 HxWx3)] of the test split (manifest order, or the order of `names`)."""
+    manifest = read_manifest(data_dir)
+    folder = Path(data_dir).expanduser() / TEST_DIR
+    images = []
+    for name in _select_test_names(manifest, data_dir, names):
+        with Image.open(folder / f"{name}.png") as image:
+            images.append((name, np.asarray(image.convert("RGB"))))
+    return images
+
+
+def _select_test_names(manifest: dict, data_dir: str | Path, names: Sequence[str] | None) -> list[str]:
+    available = manifest["test_files"]
+    if names is None:
+        return list(available)
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        raise KeyError(f"not in the test split of {data_dir}: {', '.join(unknown)} (see test_files in its {MANIFEST})")
+    return list(names)
+
+
+def _checked_manifest(cfg: Config, data_dir: str | Path) -> dict:
+    manifest = read_manifest(data_dir)
+    stored = manifest["params"]["hr_size"]
+    if stored != cfg.hr_size:
+        raise ValueError(
+            f"{data_dir} holds {stored}x{stored} crops but hr_size={cfg.hr_size}: "
+            "use the same hr_size, or ingest again into another --data-dir"
+        )
+    return manifest

@@ -1,0 +1,168 @@
+"""Resumable download against a loopback HTTP server (no internet needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from helpers_images import celeba_names, jpeg_bytes, small_config, write_zip
+
+from srcore.data import download as download_module
+from srcore.data.download import DownloadError, cache_path, download
+from srcore.data.ingest import ingest
+
+PAYLOAD = os.urandom(300_000)
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """Serves `payload` at any path, honouring `Range: bytes=N-` unless told not to.
+
+    `cut_first`: the first response announces the full length, sends half and closes.
+    `ignore_range`: always answer 200 with the whole body.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, payload: bytes):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.payload = payload
+        self.cut_first = False
+        self.ignore_range = False
+        self.requests: list[dict] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/files/img_align_celeba.zip"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: FileServer
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        server = self.server
+        if self.path.endswith("/missing.zip"):
+            self.send_error(404)
+            return
+        requested = self.headers.get("Range")
+        server.requests.append({"path": self.path, "range": requested})
+        start = int(re.match(r"bytes=(\d+)-", requested).group(1)) if requested and not server.ignore_range else 0
+        body = server.payload[start:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if server.cut_first and len(server.requests) == 1:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)  # drop the connection mid-body
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    # Loopback must not go through any proxy configured for this machine.
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(download_module, "RETRY_BACKOFF", 0.0)
+    httpd = FileServer(PAYLOAD)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_download_verifies_and_caches(server: FileServer, tmp_path: Path):
+    path = download(server.url, tmp_path, sha(PAYLOAD))
+    assert path.read_bytes() == PAYLOAD
+    assert path.name == "img_align_celeba.zip" and path == cache_path(server.url, tmp_path)
+    assert not list(tmp_path.rglob("*.part"))
+    # A verified cached file is reused without touching the network.
+    server.shutdown()
+    assert download(server.url, tmp_path, sha(PAYLOAD)) == path
+    assert len(server.requests) == 1
+
+
+def test_dropped_connection_is_resumed_with_range(server: FileServer, tmp_path: Path):
+    server.cut_first = True
+    path = download(server.url, tmp_path, sha(PAYLOAD))
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests[0]["range"] is None
+    # Resumed where the written bytes end: at most one read chunk before the cut.
+    resumed_at = int(re.fullmatch(r"bytes=(\d+)-", server.requests[1]["range"]).group(1))
+    assert len(PAYLOAD) // 2 - download_module.CHUNK_BYTES < resumed_at <= len(PAYLOAD) // 2
+    assert len(server.requests) == 2
+
+
+def test_partial_file_from_an_earlier_run_is_resumed(server: FileServer, tmp_path: Path):
+    target = cache_path(server.url, tmp_path)
+    target.parent.mkdir(parents=True)
+    target.with_name(target.name + ".part").write_bytes(PAYLOAD[:1000])
+    assert download(server.url, tmp_path, sha(PAYLOAD)).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.requests] == ["bytes=1000-"]
+
+
+def test_server_ignoring_range_restarts_from_zero(server: FileServer, tmp_path: Path):
+    server.ignore_range = True
+    target = cache_path(server.url, tmp_path)
+    target.parent.mkdir(parents=True)
+    target.with_name(target.name + ".part").write_bytes(b"stale bytes that are not the payload")
+    assert download(server.url, tmp_path, sha(PAYLOAD)).read_bytes() == PAYLOAD
+
+
+def test_sha256_mismatch_is_rejected_and_deleted(server: FileServer, tmp_path: Path):
+    wrong = "0" * 64
+    with pytest.raises(DownloadError) as caught:
+        download(server.url, tmp_path, wrong)
+    message = str(caught.value)
+    assert server.url in message and wrong in message and sha(PAYLOAD) in message
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_http_error_names_the_url(server: FileServer, tmp_path: Path):
+    url = server.url.replace("img_align_celeba.zip", "missing.zip")
+    with pytest.raises(DownloadError, match=re.escape(url) + ".*HTTP 404"):
+        download(url, tmp_path)
+
+
+def test_unreachable_network_says_how_to_work_offline(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadError, match=r"--source /path/to/img_align_celeba\.zip"):
+        download(f"http://127.0.0.1:{port}/img_align_celeba.zip", tmp_path, retries=0, timeout=5)
+
+
+def test_invalid_sha256_value_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="sha256"):
+        download("http://127.0.0.1:9/x.zip", tmp_path, "not-a-hash")
+
+
+def test_url_source_ingests_the_downloaded_zip(server: FileServer, tmp_path: Path):
+    members = {f"img_align_celeba/{n}.jpg": jpeg_bytes(i) for i, n in enumerate(celeba_names(6))}
+    archive = write_zip(tmp_path / "faces.zip", members)
+    server.payload = archive.read_bytes()
+    cfg = small_config(server.url, tmp_path / "data", limit=6, test_count=2, sha256=sha(server.payload))
+    manifest = ingest(cfg)
+    assert manifest["source"] == {"kind": "url", "url": server.url, "sha256": sha(server.payload)}
+    assert manifest["counts"] == {"train": 4, "test": 2, "skipped": 0}
+    assert cache_path(server.url, cfg.cache_dir).read_bytes() == server.payload
