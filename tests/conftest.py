@@ -80,9 +80,18 @@ def tracking(tmp_path, monkeypatch):
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     mlflow.set_tracking_uri(uri)
+    _forget_active_experiment()
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def _forget_active_experiment():
+    """mlflow caches the experiment chosen by set_experiment across tracking stores;
+    point it at the default experiment, which every store has."""
+    import mlflow
+
+    mlflow.set_experiment(experiment_id="0")
 
 
 @pytest.fixture
@@ -94,6 +103,7 @@ def server_tracking(mlflow_server, monkeypatch):
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     mlflow.set_tracking_uri(mlflow_server)
+    _forget_active_experiment()
     yield mlflow_server
     while mlflow.active_run():
         mlflow.end_run()
