@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_mlflow_run_main_smoke_creates_parent_with_child_per_step(tmp_path, server_tracking):
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_tracking, "MLFLOW_EXPERIMENT_NAME": "mlproject-e2e"}
-    env.pop("MLFLOW_RUN_ID", None)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment() exports the latter
+        env.pop(var, None)
     cmd = [
         sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
         "--experiment-name", "mlproject-e2e",
