@@ -59,6 +59,7 @@ class Config:
     # ---- models -------------------------------------------------------------------
     gen_filters: int = _f(64, "generator width")
     gen_blocks: int = _f(16, "generator residual blocks")
+    gen_init_scale: float = _f(0.1, "generator init: He-normal x this (BasicSR's 0.1); 0 = Keras' Glorot default")
     disc_filters: int = _f(64, "discriminator base width")
     disc_flatten: bool = _f(False, "paper's Flatten before Dense (one logit per image); default keeps the seed's per-patch logits")
 

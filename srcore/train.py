@@ -107,7 +107,7 @@ class Trainer:
         self.total_epochs = cfg.pretrain_epochs + cfg.epochs
 
         with self.strategy.scope():
-            self.generator = build_generator(cfg.gen_filters, cfg.gen_blocks, cfg.scale)
+            self.generator = build_generator(cfg.gen_filters, cfg.gen_blocks, cfg.scale, cfg.gen_init_scale)
             self.discriminator = build_discriminator(cfg.hr_size, cfg.disc_filters, cfg.disc_flatten)
             self.content = ContentLoss(cfg.content_loss, cfg.vgg_weights) if cfg.epochs else None
             self.pre_opt = _adam(cfg, cfg.pretrain_learning_rate, cfg.pretrain_epochs * self.steps_per_epoch)
