@@ -70,43 +70,41 @@ def mlflow_server(tmp_path_factory):
     log.close()
 
 
-@pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    """Point MLflow at a fresh SQLite store for one test (no server)."""
+def _use_tracking_store(uri: str, monkeypatch):
+    """Point MLflow (this process and subprocesses) at `uri`, with no run or experiment
+    carried over from an earlier test."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
     mlflow.set_tracking_uri(uri)
-    _forget_active_experiment()
-    yield uri
+    # set_experiment caches its choice across stores; the default experiment exists in all
+    mlflow.set_experiment(experiment_id="0")
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)  # set_experiment exports MLFLOW_EXPERIMENT_ID
+
+
+def _end_runs():
+    import mlflow
+
     while mlflow.active_run():
         mlflow.end_run()
 
 
-def _forget_active_experiment():
-    """mlflow caches the experiment chosen by set_experiment across tracking stores;
-    point it at the default experiment, which every store has."""
-    import mlflow
-
-    mlflow.set_experiment(experiment_id="0")
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    """A fresh SQLite store for one test (no server)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _use_tracking_store(uri, monkeypatch)
+    yield uri
+    _end_runs()
 
 
 @pytest.fixture
 def server_tracking(mlflow_server, monkeypatch):
-    """Point MLflow at the shared real server for one test."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "SRGAN_PARENT_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(mlflow_server)
-    _forget_active_experiment()
+    """The shared real server for one test."""
+    _use_tracking_store(mlflow_server, monkeypatch)
     yield mlflow_server
-    while mlflow.active_run():
-        mlflow.end_run()
+    _end_runs()
 
 
 @pytest.fixture(scope="session")
