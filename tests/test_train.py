@@ -116,3 +116,23 @@ def test_kill_9_mid_training_then_rerun_resumes(tmp_path, smoke_data, tracking):
     steps = sorted({m.step for m in client.get_metric_history(run_id, "g_loss")})
     assert steps == [1, 2, 3, 4, 5, 6]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("precision,jit", [("mixed_float16", False), ("mixed_bfloat16", False), ("float32", True)])
+def test_precision_and_xla_switches_give_finite_steps(tmp_path, precision, jit):
+    import keras
+
+    cfg = build_config("smoke", overrides={**TINY, "precision": precision, "jit_compile": jit, "batch_size": 2})
+    try:
+        trainer = train_mod.Trainer(cfg, None, tmp_path, steps_per_epoch=1)
+        if precision == "mixed_float16":
+            assert isinstance(trainer.g_opt, keras.optimizers.LossScaleOptimizer)
+        rng = np.random.default_rng(0)
+        lr = tf.constant(rng.uniform(-1, 1, (2, 32, 32, 3)), tf.float32)
+        hr = tf.constant(rng.uniform(-1, 1, (2, 128, 128, 3)), tf.float32)
+        for step in (trainer.pretrain_step, trainer.gan_step):
+            losses = step(lr, hr)
+            assert all(np.isfinite(float(v)) for v in losses.values())
+        assert trainer.generator(lr).dtype == tf.float32  # outputs stay float32 under mixed policies
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
