@@ -22,7 +22,7 @@ log = logging.getLogger("srgan")
 
 # Per-step short names for the folders a step reads and writes.
 ALIASES: dict[str, dict[str, str]] = {
-    "ingest": {"out": "data_dir"},
+    "ingest": {"out": "data_dir", "partition": "partition_file"},
     "train": {"data": "data_dir", "out": "model_dir"},
     "evaluate": {"data": "data_dir", "out": "eval_dir"},
     "register": {"data": "data_dir"},
