@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from srcore import metrics as M
+from srcore.atomic import write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data import degrade
 from srcore.data.dataset import load_test_images, read_manifest
@@ -251,18 +252,6 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
 # ---- outputs ---------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temporary sibling then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
@@ -281,15 +270,15 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 def _write_outputs(out_dir: Path, result: dict[str, Any], rows: Sequence[dict[str, Any]],
                    grid: Image.Image | None, grid_rows: Sequence[GridRow]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [_atomic(out_dir / "per_image.csv", lambda p: _write_csv(p, rows))]
+    files = [write_atomic(out_dir / "per_image.csv", lambda p: _write_csv(p, rows))]
     if grid is not None:
-        files.append(_atomic(out_dir / "grid.png", lambda p: grid.save(p, format="PNG")))
+        files.append(write_atomic(out_dir / "grid.png", lambda p: grid.save(p, format="PNG")))
         for row in grid_rows:
             image = face_row(row)
-            files.append(_atomic(out_dir / f"grid_{_safe_name(row[0])}.png", lambda p: image.save(p, format="PNG")))
+            files.append(write_atomic(out_dir / f"grid_{_safe_name(row[0])}.png", lambda p: image.save(p, format="PNG")))
     # last, so a complete metrics.json means a complete evaluation
     text = json.dumps(result, indent=2, allow_nan=False) + "\n"
-    files.append(_atomic(out_dir / "metrics.json", lambda p: p.write_text(text)))
+    files.append(write_text_atomic(out_dir / "metrics.json", text))
     return files
 
 

@@ -70,16 +70,6 @@ def step_run(cfg: Config, step: str, resume_run_id: str | None = None, log_confi
         yield run
 
 
-def start_parent_run(cfg: Config, name: str = "pipeline") -> str:
-    """Create (or adopt from MLFLOW_RUN_ID) the parent run of a pipeline; return its id."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return os.environ["MLFLOW_RUN_ID"]
-    exp = _ensure_experiment(cfg)
-    with mlflow.start_run(experiment_id=exp, run_name=cfg.run_name or name, tags=_step_tags(name)) as run:
-        log_params(cfg.to_dict())
-        return run.info.run_id
-
-
 def _step_tags(step: str) -> dict[str, str]:
     tags = {"srgan.step": step}
     commit = git_commit()

@@ -25,6 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from srcore import tracking
+from srcore.atomic import write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data.dataset import read_manifest, train_count, train_dataset
 from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse
@@ -68,18 +69,6 @@ def _adam(cfg: Config, lr: float, steps: int) -> keras.optimizers.Optimizer:
     if cfg.precision == "mixed_float16":
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # Keras insists on the .keras suffix
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def steps_per_epoch(cfg: Config, data_dir: Path) -> int:
@@ -279,7 +268,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
     generator_path = model_dir / GENERATOR_FILE
     with tracking.step_run(cfg, "train", resume_run_id=resume_id) as run:
         run_id = run.info.run_id
-        _write_atomic(run_id_file, run_id)
+        write_text_atomic(run_id_file, run_id)
         mlflow.set_tags({
             "data_manifest_hash": manifest.get("content_hash", ""),
             "content_loss": cfg.content_loss,
@@ -301,7 +290,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == trainer.total_epochs):
                 _epoch_eval(trainer, done)
             if done == cfg.pretrain_epochs:
-                _save_model_atomic(trainer.generator, model_dir / SRRESNET_FILE)
+                write_atomic(model_dir / SRRESNET_FILE, trainer.generator.save)
                 mlflow.log_artifact(str(model_dir / SRRESNET_FILE), artifact_path="srresnet")
             if done % cfg.checkpoint_every == 0 or done == trainer.total_epochs or done == cfg.pretrain_epochs:
                 trainer.save_checkpoint(done)
@@ -311,10 +300,10 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             model_uri = uri_file.read_text().strip()
             log.info("training already complete (%d epochs); model %s", start_epoch, model_uri)
         else:
-            _save_model_atomic(trainer.generator, generator_path)
+            write_atomic(generator_path, trainer.generator.save)
             model_uri = _log_final_model(trainer, generator_path, run_id)
-            _write_atomic(uri_file, model_uri)
+            write_text_atomic(uri_file, model_uri)
             mlflow.set_tag("model_uri", model_uri)
         summary = {"epochs_done": trainer.total_epochs, "run_id": run_id, "model_uri": model_uri}
-        _write_atomic(model_dir / "train_summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(model_dir / "train_summary.json", json.dumps(summary, indent=2))
     return TrainResult(str(model_dir), str(generator_path), model_uri, run_id, trainer.total_epochs)

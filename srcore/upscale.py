@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from srcore.atomic import write_atomic
 from srcore.data.degrade import from_unit, to_unit
 from srcore.models import generator_scale
 
@@ -277,13 +278,8 @@ def _output_name(path: Path, factor: int, used: set[str]) -> str:
 
 def write_image_atomic(img: np.ndarray, target: Path) -> None:
     """Write a PNG under a temporary name and rename it, so `target` is never half written."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        pixels = img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img
-        Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pixels = img[..., 0] if img.ndim == 3 and img.shape[2] == 1 else img
+    write_atomic(target, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
 
 
 def _log_summary(result: UpscaledFiles, total: int, out: Path) -> None:

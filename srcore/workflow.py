@@ -38,13 +38,9 @@ def ingest_step(cfg: Config, out_dir: str | os.PathLike | None = None) -> dict[s
 
 
 def register_step(cfg: Config, model_uri: str, metrics: dict | str | os.PathLike, manifest_hash: str | None = None):
-    """Register `model_uri` with its evaluation metrics, tracked in MLflow."""
+    """Register `model_uri` with its evaluation metrics (a dict or metrics.json), tracked in MLflow."""
     from srcore.registry import register
 
-    if isinstance(metrics, (str, os.PathLike)):
-        metrics = json.loads(Path(metrics).read_text())
-    if manifest_hash is None:
-        manifest_hash = metrics.get("data_manifest_hash")
     with tracking.step_run(cfg, "register"):
         return register(cfg, model_uri, metrics, manifest_hash)
 
