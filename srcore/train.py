@@ -24,7 +24,7 @@ import tensorflow as tf
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from srcore import tracking
+from srcore import gpu, tracking
 from srcore.atomic import write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data.dataset import read_manifest, train_count, train_dataset
@@ -256,6 +256,7 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
 
 def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train (or resume training) and return where the generator ended up."""
+    gpu_tags = gpu.preflight(cfg.require_gpu)  # seconds, before anything is built or logged
     data_dir = Path(data_dir or cfg.data_dir)
     model_dir = Path(model_dir or cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +275,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             "content_loss": cfg.content_loss,
             "precision": cfg.precision,
             "resumed_from_epoch": str(start_epoch),
+            **gpu_tags,
         })
         if start_epoch:
             log.info("continuing MLflow run %s from epoch %d", run_id, start_epoch)
