@@ -1,0 +1,180 @@
+"""Export a generator as a TensorFlow SavedModel for TF Serving / KServe.
+
+The SavedModel holds one signature, `serving_default`:
+  input  `images`:   uint8 [N, H, W, 3], any N, H, W (the generator is fully convolutional)
+  output `upscaled`: uint8 [N, scale*H, scale*W, 3]
+The [-1, 1] scaling and the rounding back to uint8 are inside the graph (the same
+`to_unit` / `from_unit` ops that `srgan upscale` uses), so a client sends and receives
+plain pixels, and the SavedModel loads with `tf.saved_model.load` alone: no srcore, no
+Keras, no custom objects (tests/test_export.py loads it with both blocked).
+
+Request-size limit: the signature refuses (InvalidArgument, HTTP 400 from TF Serving)
+a request with more than `max_pixels` LR pixels in total (N*H*W). Neither KServe's
+InferenceService nor TF Serving's REST API has a body-size setting, and one oversized
+request would otherwise take the whole pod's memory; see srcore/deploy.py for the
+limits the cluster side adds (concurrency, timeout).
+
+Layout (what TF Serving's --model_base_path and KServe's storageUri point at):
+  <out>/<name>/<version>/saved_model.pb, variables/
+The version folder is written under a temporary dot-name in the same folder and renamed
+into place; TF Serving ignores non-numeric folders, so it never loads a half-written
+version.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+from srcore.config import Config
+from srcore.data.degrade import from_unit, to_unit
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAME = "upscaled"
+ARTIFACT_PATH = "savedmodel"  # MLflow artifact folder: savedmodel/<version>/saved_model.pb
+DEFAULT_VERSION = 1
+DEFAULT_MAX_PIXELS = 512 * 512  # LR pixels per request; ~3 GB of activations at the full width
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Upscaler(tf.Module):
+    """The generator wrapped with uint8 in/out; only TF ops, so no Keras on load."""
+
+    def __init__(self, generator: Any, max_pixels: int):
+        super().__init__(name="srgan_upscaler")
+        self.generator = generator  # tracked: its variables are saved with the module
+        self.max_pixels = tf.constant(int(max_pixels), tf.int64)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)])
+    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        shape = tf.shape(images, out_type=tf.int64)
+        pixels = shape[0] * shape[1] * shape[2]
+        check = tf.debugging.assert_less_equal(
+            pixels, self.max_pixels,
+            message="request too large: N*H*W LR pixels exceed the export's max_pixels; send fewer or smaller images",
+        )
+        with tf.control_dependencies([check]):
+            sr = self.generator(to_unit(images), training=False)
+        return {OUTPUT_NAME: from_unit(sr)}
+
+
+def _check_name(name: str) -> str:
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(f"export name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    return name
+
+
+def _check_version(version: int | str) -> int:
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        v = -1
+    if v < 1:
+        raise ValueError(f"export version {version!r} must be a positive integer (TF Serving loads numeric folders)")
+    return v
+
+
+def load_model(model: Any) -> Any:
+    """A Keras generator from anything `srgan upscale` takes (a .keras file, a folder
+    holding one, an MLflow model URI) or an already loaded model."""
+    if isinstance(model, (str, os.PathLike)):
+        from srcore.model_uri import resolve_generator
+
+        return resolve_generator(str(model))
+    return model
+
+
+def write_savedmodel(generator: Any, target: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+    """Write the serving SavedModel of `generator` to `target` atomically (temporary
+    sibling, then rename; an existing `target` is replaced only once the new one is complete)."""
+    target = Path(target)
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels={max_pixels} must be a positive number of LR pixels per request")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module = _Upscaler(generator, max_pixels)
+    try:
+        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve.get_concrete_function()})
+        if target.exists():
+            os.replace(target, old)  # a folder cannot be renamed over a non-empty one
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def export_savedmodel(
+    model: Any,
+    out_dir: str | os.PathLike,
+    name: str,
+    version: int | str = DEFAULT_VERSION,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Path:
+    """Write `<out_dir>/<name>/<version>/` (saved_model.pb, variables/) and return that
+    folder. `model`: anything `srgan upscale` takes, or a loaded Keras generator."""
+    name, version = _check_name(name), _check_version(version)
+    generator = load_model(model)
+    target = write_savedmodel(generator, Path(out_dir) / name / str(version), max_pixels)
+    log.info("exported SavedModel %s (signature %s: uint8 [N,H,W,3] -> uint8 x%s)",
+             target, SIGNATURE, _scale(generator))
+    return target
+
+
+def _scale(generator: Any) -> int | str:
+    try:
+        from srcore.models import generator_scale
+
+        return generator_scale(generator)
+    except Exception:  # noqa: BLE001 - only for the log line
+        return "?"
+
+
+def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   version: int = DEFAULT_VERSION) -> str:
+    """Log the serving SavedModel to the active MLflow run as `<artifact_path>/<version>/`
+    and return its artifact URI: the folder KServe's storageUri (TF Serving's
+    model_base_path) points at, e.g. `s3://bucket/<exp>/<run>/artifacts/savedmodel`."""
+    import tempfile
+
+    import mlflow
+
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_savedmodel needs an active MLflow run (call it inside train's run)")
+    with tempfile.TemporaryDirectory(prefix="srgan-savedmodel-") as tmp:
+        write_savedmodel(load_model(generator), Path(tmp) / str(_check_version(version)), max_pixels)
+        mlflow.log_artifacts(tmp, artifact_path=artifact_path)
+    uri = mlflow.get_artifact_uri(artifact_path)
+    mlflow.set_tag("savedmodel_uri", uri)
+    log.info("logged SavedModel to %s", uri)
+    return uri
+
+
+def export_step(cfg: Config, model: Any, out: str | os.PathLike, name: str | None = None,
+                version: int | str | None = None) -> dict[str, Any]:
+    """The `export` step: `model` (anything upscale takes) -> `<out>/<name>/<version>/`.
+    `name` defaults to cfg.registered_model_name, `version` to cfg.export_version."""
+    name = name or cfg.registered_model_name
+    version = version or getattr(cfg, "export_version", DEFAULT_VERSION)
+    max_pixels = getattr(cfg, "serve_max_pixels", DEFAULT_MAX_PIXELS)
+    path = export_savedmodel(model, out, name, version, max_pixels)
+    return {
+        "savedmodel_dir": str(path),
+        "model_base_path": str(path.parent),  # TF Serving --model_base_path / KServe storageUri
+        "name": name,
+        "version": int(version),
+        "signature": SIGNATURE,
+        "max_pixels": int(max_pixels),
+    }
