@@ -47,37 +47,53 @@ def alias_version(name: str, alias: str) -> str:
     return str(MlflowClient().get_model_version_by_alias(name, alias).version)  # int on SQLite
 
 
+def scored(value: float, bicubic: float = 20.0, metric: str = "psnr_y", split: str | None = "split-a", **more) -> dict:
+    """evaluate's metrics.json shape: the model's and bicubic's score on one test split."""
+    out = {f"test_{metric}": value, f"bicubic_{metric}": bicubic, **more}
+    if split:
+        out["data_manifest_hash"] = split
+    return out
+
+
 def test_first_is_champion_worse_stays_candidate_better_takes_over(backend):
-    cfg, uri = unique_cfg(), log_stub_model()
+    cfg, uri1, uri2, uri3 = unique_cfg(), log_stub_model(), log_stub_model(), log_stub_model()
 
-    first = register(cfg, uri, {"test_psnr_y": 25.0, "test_ssim": 0.8}, manifest_hash="abc123")
+    first = register(cfg, uri1, {**scored(25.0), "test_ssim": 0.8}, manifest_hash="abc123")
     assert (first.version, first.champion) == ("1", True)
-    assert "first champion" in first.reason
+    assert "first champion" in first.reason and "beats bicubic" in first.reason
 
-    worse = register(cfg, uri, {"metrics": {"test_psnr_y": 24.5}})
+    worse = register(cfg, uri2, {"metrics": scored(24.5)}, manifest_hash="abc123")
     assert (worse.version, worse.champion) == ("2", False)
     assert "24.5" in worse.reason and "25" in worse.reason and "stays version 1" in worse.reason
     assert alias_version(cfg.registered_model_name, "candidate") == "2"
     assert alias_version(cfg.registered_model_name, "champion") == "1"
 
-    better = register(cfg, uri, {"test_psnr_y": {"mean": 26.25, "std": 1.5}})
+    better = register(cfg, uri3, {"test_psnr_y": {"mean": 26.25, "std": 1.5}, "bicubic_psnr_y": 20.0,
+                                  "data_manifest_hash": "abc123"})
     assert (better.version, better.champion) == ("3", True)
     assert alias_version(cfg.registered_model_name, "champion") == "3"
     assert alias_version(cfg.registered_model_name, "candidate") == "3"
 
     v1 = MlflowClient().get_model_version(cfg.registered_model_name, "1")
     assert v1.tags["metric.test_psnr_y"] == "25.0" and v1.tags["metric.test_ssim"] == "0.8"
-    assert v1.tags["data.manifest_hash"] == "abc123"
+    assert v1.tags["data.manifest_hash"] == "abc123" and v1.tags["eval.test_split_hash"] == "abc123"
+    assert v1.tags["srgan.model_uri"] == uri1
     assert "test_psnr_y: 25" in v1.description and "abc123" in v1.description
+    v2 = MlflowClient().get_model_version(cfg.registered_model_name, "2")
+    assert v2.tags["gate.decision"] == "candidate" and "stays version 1" in v2.tags["gate.reason"]
 
 
 def test_gate_mode_min_and_ties_keep_the_champion(sqlite):
-    cfg, uri = unique_cfg(gate_metric="test_lpips", gate_mode="min"), log_stub_model()
-    assert register(cfg, uri, {"test_lpips": 0.30}).champion
-    worse = register(cfg, uri, {"test_lpips": 0.35})
+    cfg = unique_cfg(gate_metric="test_lpips", gate_mode="min")
+
+    def lpips(value: float) -> dict:
+        return scored(value, bicubic=0.40, metric="lpips")
+
+    assert register(cfg, log_stub_model(), lpips(0.30)).champion
+    worse = register(cfg, log_stub_model(), lpips(0.35))
     assert not worse.champion and "gate_mode min" in worse.reason
-    assert not register(cfg, uri, {"test_lpips": 0.30}).champion  # a tie is not better
-    assert register(cfg, uri, {"test_lpips": 0.25}).champion
+    assert not register(cfg, log_stub_model(), lpips(0.30)).champion  # a tie is not better
+    assert register(cfg, log_stub_model(), lpips(0.25)).champion
     assert alias_version(cfg.registered_model_name, "champion") == "4"
 
 
@@ -106,17 +122,75 @@ def test_missing_gate_metric_fails_before_registering(sqlite):
     assert MlflowClient().search_registered_models(f"name = '{cfg.registered_model_name}'") == []
 
 
-def test_champion_without_the_metric_is_replaced(sqlite):
+def test_champion_without_metric_or_split_is_never_compared(sqlite):
+    # behaviour change (issue 10): a champion registered before the gate existed has no
+    # metric and no test-split tag, so the new version cannot be shown better: candidate
     cfg, uri = unique_cfg(), log_stub_model()
-    legacy = mlflow.register_model(uri, cfg.registered_model_name)  # no metric tags
+    legacy = mlflow.register_model(uri, cfg.registered_model_name)  # no tags at all
     MlflowClient().set_registered_model_alias(cfg.registered_model_name, "champion", legacy.version)
-    result = register(cfg, uri, {"test_psnr_y": 20.0})
-    assert result.champion and "has no test_psnr_y tag" in result.reason
+    result = register(cfg, log_stub_model(), scored(30.0))
+    assert not result.champion and "another test split" in result.reason
+    assert alias_version(cfg.registered_model_name, "champion") == "1"
+
+
+def test_worse_than_bicubic_never_becomes_the_first_champion(sqlite):
+    cfg = unique_cfg()
+    smoke = register(cfg, log_stub_model(), scored(19.5, bicubic=20.0))  # a smoke model
+    assert (smoke.version, smoke.champion) == ("1", False)
+    assert "does not beat bicubic" in smoke.reason
+    assert alias_version(cfg.registered_model_name, "candidate") == "1"
+    with pytest.raises(Exception):
+        alias_version(cfg.registered_model_name, "champion")
+    tags = MlflowClient().get_model_version(cfg.registered_model_name, "1").tags
+    assert tags["gate.decision"] == "candidate" and "does not beat bicubic" in tags["gate.reason"]
+
+
+def test_the_margin_over_bicubic_is_strict(sqlite):
+    cfg = unique_cfg(gate_min_gain=0.5)
+    assert not register(cfg, log_stub_model(), scored(20.5, bicubic=20.0)).champion  # gain == margin
+    assert not register(cfg, log_stub_model(), scored(21.0, split=None) | {"bicubic_psnr_y": float("nan")}).champion
+    result = register(cfg, log_stub_model(), scored(20.75, bicubic=20.0))
+    assert result.champion and "> 0.5" in result.reason
+
+
+def test_no_bicubic_baseline_stays_candidate(sqlite):
+    result = register(unique_cfg(), log_stub_model(), {"test_psnr_y": 30.0, "data_manifest_hash": "x"})
+    assert not result.champion and "no bicubic_psnr_y" in result.reason
+
+
+def test_nan_gate_metric_never_registers(sqlite, tmp_path):
+    cfg = unique_cfg()
+    path = tmp_path / "metrics.json"
+    path.write_text('{"test_psnr_y": NaN, "bicubic_psnr_y": 20.0}')  # what json.dumps writes for nan
+    with pytest.raises(ValueError, match="missing or NaN"):
+        register(cfg, log_stub_model(), path)
+    assert MlflowClient().search_registered_models(f"name = '{cfg.registered_model_name}'") == []
+
+
+def test_a_better_model_on_another_test_split_is_not_compared(sqlite):
+    cfg = unique_cfg()
+    assert register(cfg, log_stub_model(), scored(25.0, split="split-a")).champion
+    other = register(cfg, log_stub_model(), scored(40.0, split="split-b"))
+    assert not other.champion and "another test split" in other.reason
+    assert alias_version(cfg.registered_model_name, "champion") == "1"
+    assert alias_version(cfg.registered_model_name, "candidate") == "2"
+
+
+def test_registering_the_same_uri_twice_yields_one_version(backend):
+    cfg, uri = unique_cfg(), log_stub_model()
+    first = register(cfg, uri, scored(25.0))
+    again = register(cfg, uri, scored(25.0))  # e.g. a retried KFP register task
+    assert (first.version, again.version) == ("1", "1")
+    assert first.champion and again.champion and "already the champion" in again.reason
+    versions = MlflowClient().search_model_versions(f"name = '{cfg.registered_model_name}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    other = register(cfg, log_stub_model(), scored(24.0))
+    assert other.version == "2" and not other.champion
 
 
 def test_result_is_tagged_on_the_active_run(sqlite):
     cfg, uri = unique_cfg(), log_stub_model()
     with mlflow.start_run() as run:
-        register(cfg, uri, {"test_psnr_y": 20.0})
+        register(cfg, uri, scored(20.5))
     tags = mlflow.get_run(run.info.run_id).data.tags
     assert tags["registered_model_version"] == "1" and tags["champion"] == "true"
