@@ -9,10 +9,11 @@ plain pixels, and the SavedModel loads with `tf.saved_model.load` alone: no srco
 Keras, no custom objects (tests/test_export.py loads it with both blocked).
 
 Request-size limit: the signature refuses (InvalidArgument, HTTP 400 from TF Serving)
-a request with more than `max_pixels` LR pixels in total (N*H*W). Neither KServe's
-InferenceService nor TF Serving's REST API has a body-size setting, and one oversized
-request would otherwise take the whole pod's memory; see srcore/deploy.py for the
-limits the cluster side adds (concurrency, timeout).
+a request with more than `max_batch` images or more than `max_pixels` LR pixels per
+image: the same `serve_max_batch` / `serve_max_pixels` limits the MLflow pyfunc model
+states. Neither KServe's InferenceService nor TF Serving's REST API has a body-size
+setting, and TF Serving runs a request in one piece (no tiling), so memory grows with
+N*H*W; see srcore/deploy.py for the limits the cluster side adds (concurrency, timeout).
 
 Layout (what TF Serving's --model_base_path and KServe's storageUri point at):
   <out>/<name>/<version>/saved_model.pb, variables/
@@ -42,7 +43,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "upscaled"
 ARTIFACT_PATH = "savedmodel"  # MLflow artifact folder: savedmodel/<version>/saved_model.pb
 DEFAULT_VERSION = 1
-DEFAULT_MAX_PIXELS = 512 * 512  # LR pixels per request; ~3 GB of activations at the full width
+DEFAULT_MAX_PIXELS = 4_000_000  # LR pixels per image, as Config.serve_max_pixels
+DEFAULT_MAX_BATCH = 16  # images per request, as Config.serve_max_batch
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -50,20 +52,23 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class _Upscaler(tf.Module):
     """The generator wrapped with uint8 in/out; only TF ops, so no Keras on load."""
 
-    def __init__(self, generator: Any, max_pixels: int):
+    def __init__(self, generator: Any, max_pixels: int, max_batch: int):
         super().__init__(name="srgan_upscaler")
         self.generator = generator  # tracked: its variables are saved with the module
         self.max_pixels = tf.constant(int(max_pixels), tf.int64)
+        self.max_batch = tf.constant(int(max_batch), tf.int64)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         shape = tf.shape(images, out_type=tf.int64)
-        pixels = shape[0] * shape[1] * shape[2]
-        check = tf.debugging.assert_less_equal(
-            pixels, self.max_pixels,
-            message="request too large: N*H*W LR pixels exceed the export's max_pixels; send fewer or smaller images",
-        )
-        with tf.control_dependencies([check]):
+        checks = [
+            tf.debugging.assert_less_equal(
+                shape[0], self.max_batch, message="request too large: more images than serve_max_batch; send fewer"),
+            tf.debugging.assert_less_equal(
+                shape[1] * shape[2], self.max_pixels,
+                message="request too large: an image has more LR pixels than serve_max_pixels; send smaller images"),
+        ]
+        with tf.control_dependencies(checks):
             sr = self.generator(to_unit(images), training=False)
         return {OUTPUT_NAME: from_unit(sr)}
 
@@ -94,17 +99,18 @@ def load_model(model: Any) -> Any:
     return model
 
 
-def write_savedmodel(generator: Any, target: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Path:
+def write_savedmodel(generator: Any, target: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_batch: int = DEFAULT_MAX_BATCH) -> Path:
     """Write the serving SavedModel of `generator` to `target` atomically (temporary
     sibling, then rename; an existing `target` is replaced only once the new one is complete)."""
     target = Path(target)
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels={max_pixels} must be a positive number of LR pixels per request")
+    if max_pixels < 1 or max_batch < 1:
+        raise ValueError(f"max_pixels={max_pixels} and max_batch={max_batch} must be positive (limits per request)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    module = _Upscaler(generator, max_pixels)
+    module = _Upscaler(generator, max_pixels, max_batch)
     try:
         tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve.get_concrete_function()})
         if target.exists():
@@ -122,12 +128,13 @@ def export_savedmodel(
     name: str,
     version: int | str = DEFAULT_VERSION,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Path:
     """Write `<out_dir>/<name>/<version>/` (saved_model.pb, variables/) and return that
     folder. `model`: anything `srgan upscale` takes, or a loaded Keras generator."""
     name, version = _check_name(name), _check_version(version)
     generator = load_model(model)
-    target = write_savedmodel(generator, Path(out_dir) / name / str(version), max_pixels)
+    target = write_savedmodel(generator, Path(out_dir) / name / str(version), max_pixels, max_batch)
     log.info("exported SavedModel %s (signature %s: uint8 [N,H,W,3] -> uint8 x%s)",
              target, SIGNATURE, _scale(generator))
     return target
@@ -142,11 +149,12 @@ def _scale(generator: Any) -> int | str:
         return "?"
 
 
-def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, max_pixels: int = DEFAULT_MAX_PIXELS,
+def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, cfg: Config | None = None,
                    version: int = DEFAULT_VERSION) -> str:
     """Log the serving SavedModel to the active MLflow run as `<artifact_path>/<version>/`
     and return its artifact URI: the folder KServe's storageUri (TF Serving's
-    model_base_path) points at, e.g. `s3://bucket/<exp>/<run>/artifacts/savedmodel`."""
+    model_base_path) points at, e.g. `s3://bucket/<exp>/<run>/artifacts/savedmodel`.
+    The request limits come from `cfg` (serve_max_pixels, serve_max_batch)."""
     import tempfile
 
     import mlflow
@@ -154,7 +162,7 @@ def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, max_pixel
     if mlflow.active_run() is None:
         raise RuntimeError("log_savedmodel needs an active MLflow run (call it inside train's run)")
     with tempfile.TemporaryDirectory(prefix="srgan-savedmodel-") as tmp:
-        write_savedmodel(load_model(generator), Path(tmp) / str(_check_version(version)), max_pixels)
+        write_savedmodel(load_model(generator), Path(tmp) / str(_check_version(version)), *_limits(cfg))
         mlflow.log_artifacts(tmp, artifact_path=artifact_path)
     uri = mlflow.get_artifact_uri(artifact_path)
     mlflow.set_tag("savedmodel_uri", uri)
@@ -167,9 +175,9 @@ def export_step(cfg: Config, model: Any, out: str | os.PathLike, name: str | Non
     """The `export` step: `model` (anything upscale takes) -> `<out>/<name>/<version>/`.
     `name` defaults to cfg.registered_model_name, `version` to cfg.export_version."""
     name = name or cfg.registered_model_name
-    version = version or getattr(cfg, "export_version", DEFAULT_VERSION)
-    max_pixels = getattr(cfg, "serve_max_pixels", DEFAULT_MAX_PIXELS)
-    path = export_savedmodel(model, out, name, version, max_pixels)
+    version = version or cfg.export_version
+    max_pixels, max_batch = _limits(cfg)
+    path = export_savedmodel(model, out, name, version, max_pixels, max_batch)
     return {
         "savedmodel_dir": str(path),
         "model_base_path": str(path.parent),  # TF Serving --model_base_path / KServe storageUri
@@ -177,4 +185,11 @@ def export_step(cfg: Config, model: Any, out: str | os.PathLike, name: str | Non
         "version": int(version),
         "signature": SIGNATURE,
         "max_pixels": int(max_pixels),
+        "max_batch": int(max_batch),
     }
+
+
+def _limits(cfg: Config | None) -> tuple[int, int]:
+    if cfg is None:
+        return DEFAULT_MAX_PIXELS, DEFAULT_MAX_BATCH
+    return int(cfg.serve_max_pixels), int(cfg.serve_max_batch)
