@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -45,6 +46,8 @@ class Config:
     shard_size: int = _f(2000, "train images per TFRecord shard")
     workers: int = _f(0, "ingest worker processes (0 = all cores)")
     max_pixels: int = _f(40_000_000, "refuse images with more pixels (decompression bombs)")
+    max_file_bytes: int = _f(256 * 1024 * 1024, "skip source files larger than this many bytes (checked while reading)")
+    follow_symlinks: bool = _f(False, "follow symbolic links that leave a source folder (default: skip them)")
     force: bool = _f(False, "redo ingest even if an identical manifest exists")
 
     # ---- input pipeline -----------------------------------------------------------
@@ -102,6 +105,13 @@ class Config:
     gate_mode: str = _f("max", "whether higher ('max') or lower ('min') gate_metric is better", choices=("max", "min"))
     gate_min_gain: float = _f(0.0, "champion only if gate_metric beats bicubic_<metric> on the same test split by strictly more than this")
 
+    # ---- serving (limits of the logged pyfunc model, stated in its metadata) ----------
+    serve_max_pixels: int = _f(4_000_000, "served model: refuse inputs with more LR pixels per image (HTTP 400)")
+    serve_max_batch: int = _f(16, "served model: refuse requests with more images (HTTP 400)")
+    serve_min_tile: int = _f(32, "served model: smallest tile a request may ask for")
+    serve_max_tile: int = _f(256, "served model: largest tile a request may ask for")
+    serve_max_seconds: float = _f(120.0, "served model: give up a request after this many seconds of work")
+
     # ---- tracking -----------------------------------------------------------------
     experiment_name: str = _f("srgan-celeba", "MLflow experiment")
     run_name: str = _f("", "MLflow run name (empty = generated)")
@@ -134,6 +144,12 @@ class Config:
         need(self.crop_border >= 0, "crop_border", "must be >= 0")
         need(self.shard_size >= 1, "shard_size", "must be >= 1")
         need(self.workers >= 0, "workers", "must be >= 0 (0 = all cores)")
+        need(self.sha256 == "" or re.fullmatch(r"[0-9a-fA-F]{64}", self.sha256.strip()) is not None,
+             "sha256", "must be 64 hexadecimal digits (the zip's sha256sum) or empty")
+        need(self.max_file_bytes >= 1, "max_file_bytes", "must be a positive number of bytes")
+        need(self.max_pixels >= 1, "max_pixels", "must be a positive number of pixels")
+        need(1 <= self.serve_min_tile <= self.serve_max_tile, "serve_min_tile", "must be between 1 and serve_max_tile")
+        need(self.serve_max_pixels >= 1 and self.serve_max_batch >= 1, "serve_max_pixels", "serving limits must be >= 1")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices:

@@ -33,6 +33,7 @@ class FileServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.payload = payload
         self.cut_first = False
+        self.cut_every: int | None = None  # every response sends at most this many bytes, then drops
         self.ignore_range = False
         self.requests: list[dict] = []
 
@@ -59,6 +60,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
+        if server.cut_every is not None:
+            self.wfile.write(body[: server.cut_every])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         if server.cut_first and len(server.requests) == 1:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -163,6 +170,39 @@ def test_url_source_ingests_the_downloaded_zip(server: FileServer, tmp_path: Pat
     server.payload = archive.read_bytes()
     cfg = small_config(server.url, tmp_path / "data", limit=6, test_count=2, sha256=sha(server.payload))
     manifest = ingest(cfg)
-    assert manifest["source"] == {"kind": "url", "url": server.url, "sha256": sha(server.payload)}
+    source = manifest["source"]
+    assert {k: source[k] for k in ("kind", "url", "sha256")} == {"kind": "url", "url": server.url, "sha256": sha(server.payload)}
+    assert source["candidates"] == 6 and len(source["fingerprint"]) == 64  # the zip's entries (CRC + size)
     assert manifest["counts"] == {"train": 4, "test": 2, "skipped": 0}
     assert cache_path(server.url, cfg.cache_dir).read_bytes() == server.payload
+
+
+def test_connections_dropping_before_one_chunk_still_make_progress(server: FileServer, tmp_path: Path):
+    # each connection delivers 20 kB < CHUNK_BYTES (64 KiB) and drops: every byte must be kept
+    server.payload = PAYLOAD[:100_000]
+    server.cut_every = 20_000
+    path = download(server.url, tmp_path, sha(server.payload), retries=2)
+    assert path.read_bytes() == server.payload
+    starts = [int(r["range"][6:-1]) if r["range"] else 0 for r in server.requests]
+    assert starts == [0, 20_000, 40_000, 60_000, 80_000]
+
+
+def test_a_bad_download_is_deleted_not_cached(server: FileServer, tmp_path: Path):
+    server.payload = b"<html>not a zip</html>"  # e.g. a login page instead of the archive
+    cfg = small_config(server.url, tmp_path / "data", limit=6, test_count=2)
+    with pytest.raises(DownloadError, match="not a zip"):
+        ingest(cfg)
+    folder = cache_path(server.url, cfg.cache_dir).parent
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+    members = {f"img_align_celeba/{n}.jpg": jpeg_bytes(i) for i, n in enumerate(celeba_names(6))}
+    server.payload = write_zip(tmp_path / "faces.zip", members).read_bytes()
+    assert ingest(cfg)["counts"]["train"] == 4  # the next run downloads again and works
+
+
+def test_a_poisoned_cache_entry_is_revalidated_and_replaced(server: FileServer, tmp_path: Path):
+    target = cache_path(server.url, tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"garbage from an older version")
+    path = download(server.url, tmp_path, validate=lambda p: None if p.read_bytes() == PAYLOAD else (_ for _ in ()).throw(ValueError("bad")))
+    assert path.read_bytes() == PAYLOAD and len(server.requests) == 1

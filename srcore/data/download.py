@@ -5,6 +5,12 @@ through `<name>.part`: an interrupted transfer (dropped connection, killed proce
 continues where it stopped with an HTTP `Range: bytes=N-` request. A server that
 ignores Range (200 instead of 206) is handled by starting over. The finished file
 is verified against `sha256` when given and then reused without any network access.
+
+Every byte received is kept: the body is read with `read1` (what the socket has, at
+most one chunk), so a connection that drops mid-chunk loses nothing and the next
+attempt resumes exactly after the last byte written. A download that fails its checks
+(sha256, or the caller's `validate`, e.g. "is a zip") is deleted, never cached; a
+cached file is re-checked before every reuse.
 """
 
 from __future__ import annotations
@@ -14,18 +20,25 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import requests
+import urllib3
 
+from srcore.data.manifest import file_sha256
 from srcore.progress import progress
 
 log = logging.getLogger(__name__)
 
-#: read size; what a dropped connection had buffered but not yet handed out (at
-#: most one chunk) is fetched again on resume, so keep it small
+#: largest read; a read returns what has arrived, so a short one is never held back
 CHUNK_BYTES = 64 * 1024
+#: what a dropped connection raises from the raw stream (urllib3) or from requests
+_DROPPED = (
+    requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.IncompleteRead,
+)
 #: seconds to wait before retry k (k = 1, 2, ...) is RETRY_BACKOFF * k
 RETRY_BACKOFF = 1.0
 MANUAL_HINT = (
@@ -45,26 +58,33 @@ def download(
     *,
     retries: int = 5,
     timeout: float = 60.0,
+    validate: Callable[[Path], None] | None = None,
 ) -> Path:
     """Download `url` into the cache (resuming a partial file) and return its path.
 
     `sha256` (hex) is checked on the complete file; a mismatch deletes it and raises.
     A cached file is returned without network access (after re-checking `sha256` when
     given). `retries` is the number of reconnects allowed after a dropped connection.
+    `validate(path)` raises ValueError when a complete file is unusable (e.g. not a zip):
+    the file is then deleted and DownloadError raised; a cached file is re-validated.
     """
     expected = _normalise_sha256(sha256)
     target = cache_path(url, cache_dir)
     if target.exists():
-        if expected is None or _file_sha256(target) == expected:
+        problem = _problem(target, expected, validate)
+        if problem is None:
             log.info("using cached %s (%s)", target, "sha256 verified" if expected else "not verified")
             return target
-        log.warning("cached %s does not match the expected sha256: downloading it again", target)
+        log.warning("cached %s %s: deleting it and downloading again", target, problem)
         target.unlink()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create the download cache folder {target.parent}: {err.strerror or err}") from err
     partial = target.with_name(target.name + ".part")
     _fetch_with_resume(url, partial, retries=retries, timeout=timeout)
-    _verify(url, partial, expected)
+    _verify(url, partial, expected, validate)
     os.replace(partial, target)
     log.info("downloaded %s -> %s", url, target)
     return target
@@ -96,7 +116,7 @@ def _fetch_with_resume(url: str, partial: Path, *, retries: int, timeout: float)
             try:
                 _fetch_once(session, url, partial, timeout=timeout)
                 return
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            except _DROPPED as err:
                 got_bytes = partial.exists() and partial.stat().st_size > before
                 if got_bytes:
                     failures = 0  # progress was made: a flaky link, not a dead one
@@ -138,13 +158,25 @@ def _fetch_once(session: requests.Session, url: str, partial: Path, *, timeout: 
             total=total, desc=f"download {partial.name[:-5]}", unit="B",
             unit_scale=True, unit_divisor=1024, initial=offset,
         ) as bar:
-            for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+            for chunk in _received(response):
                 out.write(chunk)
+                out.flush()  # on disk before the next read can fail
                 bar.update(len(chunk))
         if total is not None and partial.stat().st_size < total:
             raise requests.ConnectionError(
                 f"connection closed after {partial.stat().st_size} of {total} bytes"
             )
+
+
+def _received(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives. Not iter_content: urllib3's read(n) collects n bytes
+    before returning any and raises on a drop, discarding what it had collected."""
+    raw = response.raw
+    while True:
+        chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
 
 
 def _range_start(response: requests.Response) -> int | None:
@@ -157,22 +189,28 @@ def _range_total(response: requests.Response) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _verify(url: str, path: Path, expected: str | None) -> None:
+def _problem(path: Path, expected: str | None, validate: Callable[[Path], None] | None) -> str | None:
+    """Why a complete file is unusable, or None."""
+    if expected is not None:
+        actual = file_sha256(path)
+        if actual != expected:
+            return f"has sha256 {actual}, expected {expected}"
+    if validate is not None:
+        try:
+            validate(path)
+        except ValueError as err:
+            return f"is unusable ({err})"
+    return None
+
+
+def _verify(url: str, path: Path, expected: str | None, validate: Callable[[Path], None] | None = None) -> None:
     if expected is None:
         log.warning("no sha256 given for %s: the download is not verified", url)
-        return
-    actual = _file_sha256(path)
-    if actual != expected:
+    problem = _problem(path, expected, validate)
+    if problem is not None:
         path.unlink()
+        what = "sha256 mismatch" if problem.startswith("has sha256") else "bad download"
         raise DownloadError(
-            f"sha256 mismatch for {url}: expected {expected}, got {actual}. "
-            "The downloaded file was deleted; check the URL and the --sha256 value."
+            f"{what} for {url}: the downloaded file {problem}. The downloaded file was deleted; "
+            "check the URL and the --sha256 value."
         )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -18,25 +18,29 @@ google-crc32c, which kfp already depends on), falling back to tf.io.TFRecordWrit
 when that package is missing, so that ingest does not pay TensorFlow's import.
 
 The output is built in a hidden sibling folder and renamed into place only when
-complete; the same inputs give byte-identical outputs.
+complete (srcore.atomic.replace_dir_atomically: an existing folder is replaced only
+when it is an earlier ingest output holding nothing else); the same inputs give
+byte-identical outputs. Worker processes die with ingest (parent-death signal), and
+the hidden folders of an ingest that was killed are removed by the next run.
+
+The pieces live beside this module: srcore.data.sources (reading sources),
+srcore.data.images (decode, crop, PNG), srcore.data.tfrecord (the shard codec) and
+srcore.data.manifest (the manifest format).
 """
 
 from __future__ import annotations
 
+import ctypes
 import contextlib
 import functools
-import glob
-import hashlib
-import io
 import json
 import logging
 import math
 import multiprocessing
 import os
-import secrets
-import shutil
-import struct
-import warnings
+import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -44,21 +48,22 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
+from srcore.atomic import OutputDirError, path_error, remove_stale_siblings, replace_dir_atomically
 from srcore.config import Config, ConfigError
 from srcore.data import sources
+from srcore.data.images import (  # noqa: F401 - re-exported: ingest's image rules
+    COLOR_RULE, PNG_COMPRESS_LEVEL, BadImage, center_box, crop_to_png, encode_png, to_rgb8,
+)
+from srcore.data.manifest import (  # noqa: F401 - re-exported for older imports
+    FORMAT_VERSION, MANIFEST, TEST_DIR, TRAIN_DIR, content_hash, file_sha256, legacy_output_files,
+    load_manifest, write_manifest,
+)
+from srcore.data.tfrecord import ShardWriter, open_record_file, serialize_example  # noqa: F401
 from srcore.progress import progress
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-TRAIN_DIR, TEST_DIR = "train", "test"
-#: zlib level 1 encodes 128x128 crops ~3x faster than PIL's default 6 and the files
-#: are only ~3% larger (measured on CelebA crops); a fixed level keeps bytes stable.
-PNG_COMPRESS_LEVEL = 1
+OUTPUT_KIND = "ingest"
 #: CelebA list_eval_partition.txt: 0 = train, 1 = validation, 2 = test (never used)
 KEPT_PARTITIONS = ("0", "1")
 
@@ -72,18 +77,10 @@ SPLIT_RULE = (
     "the last test_count selected images are the test split, the rest train; "
     "showcase = the last showcase_count test images"
 )
-COLOR_RULE = (
-    "8-bit RGB: EXIF orientation applied; grayscale, palette, CMYK and other modes converted "
-    "with PIL; 16-bit values scaled by 255/65535; alpha composited on black; ICC profiles ignored"
-)
 
 
 class IngestError(RuntimeError):
     """Ingest cannot produce a usable dataset; the message says why and what to do."""
-
-
-class BadImage(ValueError):
-    """A candidate that cannot be used; the message is the reason in the manifest."""
 
 
 class Outcome(NamedTuple):
@@ -103,28 +100,26 @@ def ingest(cfg: Config, out_dir: str | os.PathLike | None = None) -> dict:
     """Build (or reuse) the dataset in `out_dir` (default `cfg.data_dir`); return the manifest."""
     cfg.validate()
     out = Path(out_dir if out_dir is not None else cfg.data_dir).expanduser().absolute()
-    source = sources.describe_source(cfg.source, sha256=cfg.sha256, demo_count=cfg.limit)
     params = ingest_params(cfg)
-
-    existing = _read_existing_manifest(out)
-    if existing is not None and not cfg.force and _is_up_to_date(existing, out, source, params):
-        log.info("%s is up to date (same source and parameters): nothing to do; use --force to redo", out)
-        return existing
-    _refuse_foreign_dir(out)
+    _check_output_dir(out)
+    remove_stale_siblings(out)
 
     skipped: list[dict[str, str]] = []
     candidates, selection = _list_candidates(cfg, skipped)
+    source = source_identity(cfg, candidates)
+    existing = load_manifest(out)
+    if existing is not None and not cfg.force and _is_up_to_date(existing, out, source, params):
+        log.info("%s is up to date (same source files and parameters): nothing to do; use --force to redo", out)
+        return existing
     _check_split_params(cfg, len(candidates))
 
-    _warn_about_stale_temp_dirs(out)
-    temp = _sibling(out, "tmp")
+    def build(folder: Path) -> dict:
+        return _build(cfg, candidates, skipped, selection, source, params, folder)
+
     try:
-        temp.mkdir(parents=True)  # parents: out's parent may not exist yet
-        manifest = _build(cfg, candidates, skipped, selection, source, params, temp)
-        _install(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        manifest = replace_dir_atomically(out, OUTPUT_KIND, build, legacy_files=legacy_output_files)
+    except OutputDirError as err:
+        raise ConfigError(f"invalid parameter data_dir={str(out)!r}: {err}") from None
     counts = manifest["counts"]
     log.info(
         "ingest done: %d train (%d shards), %d test, %d skipped -> %s (content sha256 %s)",
@@ -132,6 +127,28 @@ def ingest(cfg: Config, out_dir: str | os.PathLike | None = None) -> dict:
         out, manifest["content_hash"][:12],
     )
     return manifest
+
+
+def source_identity(cfg: Config, candidates: Sequence[sources.Entry]) -> dict:
+    """The source's location plus a fingerprint of every candidate file (size + mtime in a
+    folder, CRC + size in a zip): a changed, added or removed image re-ingests."""
+    source = sources.describe_source(cfg.source, sha256=cfg.sha256, demo_count=cfg.limit)
+    if source["kind"] in ("directory", "zip", "url"):
+        source["candidates"] = len(candidates)
+        source["fingerprint"] = sources.fingerprint(candidates)
+    return source
+
+
+def _check_output_dir(out: Path) -> None:
+    """Before any work: the output must be replaceable (srcore.atomic's ownership rule)."""
+    from srcore.atomic import check_replaceable
+
+    try:
+        check_replaceable(out, OUTPUT_KIND, legacy_files=legacy_output_files)
+    except OutputDirError as err:
+        raise ConfigError(f"invalid parameter data_dir={str(out)!r}: {err}") from None
+    except OSError as err:
+        raise path_error(err, out, "cannot use output folder") from err
 
 
 def ingest_params(cfg: Config) -> dict[str, Any]:
@@ -152,7 +169,7 @@ def ingest_params(cfg: Config) -> dict[str, Any]:
         "max_pixels": cfg.max_pixels,
         # The file's name and contents, not its path: a moved copy is the same selection.
         "partition_file": partition.name if partition else "",
-        "partition_sha256": _file_sha256(partition) if partition else "",
+        "partition_sha256": file_sha256(partition) if partition else "",
         "partitions_kept": list(KEPT_PARTITIONS) if partition else [],
         "selection": SELECTION_RULE,
         "split": SPLIT_RULE,
@@ -175,7 +192,8 @@ def _list_candidates(cfg: Config, skipped: list[dict[str, str]]) -> tuple[list[s
         skipped.append({"name": name, "path": path, "reason": reason})
 
     entries = sources.iter_images(
-        cfg.source, cache_dir=cfg.cache_dir, sha256=cfg.sha256, demo_count=cfg.limit, on_skip=on_skip
+        cfg.source, cache_dir=cfg.cache_dir, sha256=cfg.sha256, demo_count=cfg.limit, on_skip=on_skip,
+        max_bytes=cfg.max_file_bytes, follow_symlinks=cfg.follow_symlinks,
     )
     candidates = sorted(entries, key=lambda entry: entry.name)
     selection = {"in_source": len(candidates), "excluded_by_partition": 0}
@@ -240,7 +258,7 @@ def _build(
     for outcome in _select_valid(cfg, candidates):
         examined += 1
         if outcome.png is None:
-            log.warning("skipping %s: %s", outcome.name, outcome.reason)
+            log.warning("skipping %s: %s", sources.printable(outcome.name), sources.printable(outcome.reason or ""))
             skipped.append({"name": outcome.name, "reason": outcome.reason or "invalid"})
             continue
         tail.append(outcome)
@@ -260,7 +278,7 @@ def _build(
         log.warning("only %d valid images found (limit=%d): the source ran out", valid, cfg.limit)
 
     train_shards = shards.finish()
-    test_names = _write_test_pngs(folder / TEST_DIR, tail)
+    test_names = _write_test_pngs(folder / TEST_DIR, tail, skipped)
     manifest = {
         "format_version": FORMAT_VERSION,
         "source": source,
@@ -273,37 +291,28 @@ def _build(
         "skipped": skipped,
         "content_hash": content_hash(folder),
     }
-    # Written last: a folder without manifest.json is never mistaken for a finished ingest.
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(folder, manifest)
     return manifest
 
 
-def _write_test_pngs(folder: Path, outcomes: Iterable[Outcome]) -> list[str]:
+def _write_test_pngs(folder: Path, outcomes: Iterable[Outcome], skipped: list[dict[str, str]]) -> list[str]:
+    """Write the test PNGs; one that the file system refuses is skipped and recorded."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for outcome in outcomes:
         path = folder / f"{outcome.name}.png"
         if path.parent != folder:  # names are sanitised by sources; this is the last guard
             raise IngestError(f"refusing to write {path}: the name {outcome.name!r} leaves {folder}")
-        path.write_bytes(outcome.png)  # type: ignore[arg-type]
+        try:
+            path.write_bytes(outcome.png)  # type: ignore[arg-type]
+        except OSError as err:
+            reason = str(path_error(err, path, "cannot write"))
+            log.warning("skipping %s: %s", sources.printable(outcome.name), sources.printable(reason))
+            skipped.append({"name": outcome.name, "reason": reason})
+            path.unlink(missing_ok=True)
+            continue
         names.append(outcome.name)
     return names
-
-
-def content_hash(folder: Path) -> str:
-    """sha256 over every output file but manifest.json, in sorted relative-path order:
-    for each file, `<relative path>\\0<hex sha256 of its bytes>\\n` is hashed."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    for path in files:
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(_file_sha256(path).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # =====================================================================================
@@ -347,11 +356,41 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers <= 1:
         yield None
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent, initargs=(os.getpid(),),
+    )
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this process when ingest ends, even by kill -9.
+
+    Linux: the kernel sends SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG).
+    Elsewhere (or if prctl fails): a daemon thread polls the parent pid once a second.
+    """
+    if _set_parent_death_signal(signal.SIGKILL) and os.getppid() == parent_pid:
+        return
+    if os.getppid() != parent_pid:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signum), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
 
 
 def _map_in_order(
@@ -414,7 +453,7 @@ def process_candidate(entry: sources.Entry, hr_size: int, max_pixels: int) -> Ou
     name, data = entry
     try:
         raw = sources.read_bytes(data)
-    except sources.EntryTooLarge as err:
+    except (sources.EntryTooLarge, sources.NotRegularFile) as err:
         return Outcome(name, None, str(err))
     except Exception as err:  # missing file, corrupt zip member, ...
         return Outcome(name, None, f"unreadable: {type(err).__name__}: {err}")
@@ -428,216 +467,9 @@ def process_candidate(entry: sources.Entry, hr_size: int, max_pixels: int) -> Ou
         return Outcome(name, None, f"not a valid image: {type(err).__name__}: {err}")
 
 
-def crop_to_png(raw: bytes, hr_size: int, max_pixels: int) -> bytes:
-    """Encoded image bytes -> PNG bytes of its center hr_size x hr_size crop (8-bit RGB)."""
-    image = _open_checked(raw, hr_size, max_pixels)
-    image = _apply_exif_orientation(image)
-    crop = image.crop(center_box(image.width, image.height, hr_size))
-    return encode_png(to_rgb8(crop))
-
-
-def center_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
-    """The center size x size crop box; (25, 45, 153, 173) for 178x218 and 128."""
-    left, top = (width - size) // 2, (height - size) // 2
-    return left, top, left + size, top + size
-
-
-def _open_checked(raw: bytes, hr_size: int, max_pixels: int) -> Image.Image:
-    with _pixel_limit(max_pixels), warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(raw))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise BadImage(f"decompression bomb: {err}") from None
-        except UnidentifiedImageError:
-            raise BadImage("not an image: unrecognised format") from None
-        width, height = image.size
-        # Checked on the header, before decoding a single pixel.
-        if width * height > max_pixels:
-            raise BadImage(f"decompression bomb: {width}x{height} = {width * height} pixels > max_pixels={max_pixels}")
-        if width < hr_size or height < hr_size:
-            raise BadImage(f"too small: {width}x{height} < {hr_size}x{hr_size}")
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise BadImage(f"truncated or corrupt image: {err}") from None
-    return image
-
-
-@contextlib.contextmanager
-def _pixel_limit(max_pixels: int) -> Iterator[None]:
-    """PIL's own bomb check uses a global; make it ours for the duration."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
-def _apply_exif_orientation(image: Image.Image) -> Image.Image:
-    # Phone photos store rotation as a tag; CelebA has none, so this is usually a no-op.
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:  # malformed EXIF must not cost us an otherwise good image
-        return image
-    if orientation in (1, None):
-        return image
-    return ImageOps.exif_transpose(image)
-
-
-def to_rgb8(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (see COLOR_RULE)."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode.startswith("I") or mode == "F":
-        return _wide_gray_to_rgb(image)
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        return _composite_on_black(image.convert("RGBA"))
-    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
-
-
-def _wide_gray_to_rgb(image: Image.Image) -> Image.Image:
-    values = np.asarray(image)
-    if image.mode == "F":  # floats: assume the 0..255 scale
-        gray = np.clip(np.round(values), 0, 255).astype(np.uint8)
-    else:  # 16-bit (or 32-bit holding 16-bit) integers: rescale, don't clip at 255
-        wide = np.clip(values.astype(np.int64), 0, 65535)
-        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(np.stack([gray] * 3, axis=-1)))
-
-
-def _composite_on_black(rgba: Image.Image) -> Image.Image:
-    pixels = np.asarray(rgba).astype(np.uint32)
-    rgb = (pixels[..., :3] * pixels[..., 3:4] + 127) // 255
-    return Image.fromarray(rgb.astype(np.uint8))
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """Lossless PNG with deterministic bytes: a fresh image has no info to copy into
-    chunks (ICC profile, EXIF, dpi, text), and the zlib level is fixed."""
-    clean = Image.frombytes("RGB", image.size, image.tobytes())
-    buffer = io.BytesIO()
-    clean.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
-
-
-# =====================================================================================
-# TFRecord shards
-# =====================================================================================
-
-
-def serialize_example(name: str, png: bytes) -> bytes:
-    """tf.train.Example{"image": bytes_list[png], "name": bytes_list[name]} encoded by hand.
-
-    Byte-identical to `tf.train.Example(...).SerializeToString(deterministic=True)`
-    (map keys in sorted order), without importing TensorFlow; tests check that.
-    """
-
-    def feature(value: bytes) -> bytes:
-        return _proto_field(1, _proto_field(1, value))  # Feature.bytes_list.value
-
-    def map_entry(key: str, value: bytes) -> bytes:
-        return _proto_field(1, _proto_field(1, key.encode()) + _proto_field(2, feature(value)))
-
-    features = map_entry("image", png) + map_entry("name", name.encode())
-    return _proto_field(1, features)  # Example.features
-
-
-def _proto_field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (wire type 2)."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-class _RecordFile:
-    """TFRecord framing: len (u64) | masked crc32c(len) | data | masked crc32c(data)."""
-
-    def __init__(self, path: Path, crc32c: Callable[[bytes], int]):
-        self._file = open(path, "wb")
-        self._crc32c = crc32c
-
-    def _masked_crc(self, data: bytes) -> bytes:
-        crc = self._crc32c(data)
-        return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-
-    def write(self, record: bytes) -> None:
-        length = struct.pack("<Q", len(record))
-        self._file.write(length + self._masked_crc(length) + record + self._masked_crc(record))
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def open_record_file(path: Path) -> Any:
-    """A TFRecord writer (write(bytes), close()) without TensorFlow when possible."""
-    try:
-        import google_crc32c
-    except ImportError:
-        import tensorflow as tf  # slow import, but correct
-
-        return tf.io.TFRecordWriter(str(path))
-    return _RecordFile(path, google_crc32c.value)
-
-
-class ShardWriter:
-    """Writes train examples into shards of `shard_size`; names them
-    train-00000-of-0000N.tfrecord once N is known (in finish())."""
-
-    def __init__(self, folder: Path, shard_size: int):
-        self.folder = folder
-        self.shard_size = shard_size
-        self.count = 0
-        self._paths: list[Path] = []
-        self._writer: Any = None
-
-    def write(self, name: str, png: bytes) -> None:
-        if self.count % self.shard_size == 0:
-            self._close_current()
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._paths.append(self.folder / f"train-{len(self._paths):05d}.partial")
-            self._writer = open_record_file(self._paths[-1])
-        self._writer.write(serialize_example(name, png))
-        self.count += 1
-
-    def finish(self) -> list[str]:
-        self._close_current()
-        total = len(self._paths)
-        names = []
-        for index, path in enumerate(self._paths):
-            final = path.with_name(f"train-{index:05d}-of-{total:05d}.tfrecord")
-            path.rename(final)
-            names.append(final.name)
-        return names
-
-    def _close_current(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
 # =====================================================================================
 # idempotence and atomic replacement
 # =====================================================================================
-
-
-def _read_existing_manifest(out: Path) -> dict | None:
-    try:
-        return json.loads((out / MANIFEST).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
 
 
 def _is_up_to_date(manifest: dict, out: Path, source: dict, params: dict) -> bool:
@@ -652,38 +484,3 @@ def _is_up_to_date(manifest: dict, out: Path, source: dict, params: dict) -> boo
     expected = [out / TRAIN_DIR / s for s in manifest.get("train_shards", [])]
     expected += [out / TEST_DIR / f"{n}.png" for n in manifest.get("test_files", [])]
     return all(path.is_file() for path in expected)
-
-
-def _refuse_foreign_dir(out: Path) -> None:
-    """Never replace a folder that is not an earlier ingest output (e.g. --data-dir .)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise ConfigError(
-            f"invalid parameter data_dir={str(out)!r}: it exists and is not an ingest output "
-            f"(no {MANIFEST}); pass a new or empty folder"
-        )
-
-
-def _warn_about_stale_temp_dirs(out: Path) -> None:
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
-        log.warning("%s is left over from an interrupted ingest (or one running now); delete it when none runs", stale)
-
-
-def _sibling(out: Path, role: str) -> Path:
-    """A hidden folder name beside `out` (same file system, so renames are atomic).
-    The pid plus a random suffix: pods sharing a volume can have equal pids."""
-    return out.parent / f".{out.name}.{role}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _install(temp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old output is replaced only now."""
-    if not out.exists():
-        os.rename(temp, out)
-        return
-    old = _sibling(out, "old")
-    os.rename(out, old)
-    try:
-        os.rename(temp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
