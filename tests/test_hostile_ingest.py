@@ -240,3 +240,72 @@ def test_out_inside_a_file_is_a_one_line_error_naming_it(faces: Path, tmp_path: 
     too_long = tmp_path / ("d" * 300)
     with pytest.raises(OSError, match="too long"):
         ingest(config(faces, too_long))
+
+
+# ---- 8. interrupted ingest: kill -9 ----------------------------------------------------------
+
+_KILLED_INGEST = r"""
+import sys, time
+from pathlib import Path
+from srcore.config import Config
+from srcore.data import ingest as ingest_module
+
+def stuck_build(cfg, candidates, skipped, selection, source, params, folder):
+    # a build that is busy in its worker pool when the parent gets killed
+    with ingest_module._worker_pool(2) as pool:
+        for _ in range(2):
+            pool.submit(time.sleep, 300)
+        (folder / "train").mkdir()
+        (folder / "train" / "half-written.partial").write_bytes(b"x")
+        while len(pool._processes) < 2:
+            time.sleep(0.05)
+        print("READY", *pool._processes, flush=True)
+        time.sleep(300)
+
+ingest_module._build = stuck_build
+cfg = Config(source=sys.argv[1], data_dir=sys.argv[2], limit=8, test_count=2, showcase_count=1, workers=2)
+ingest_module.ingest(cfg)
+"""
+
+
+def _alive(pid: int) -> bool:
+    from srcore.atomic import process_alive
+
+    return process_alive(pid)
+
+
+def test_kill_9_takes_the_workers_along_and_the_next_run_cleans_up(faces: Path, tmp_path: Path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_INGEST, str(faces), str(out)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        with within(120):
+            line = proc.stdout.readline()
+        assert line.startswith("READY"), line
+        workers = [int(pid) for pid in line.split()[1:]]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        temp = [p for p in tmp_path.iterdir() if p.name.startswith(".data.tmp-")]
+        assert len(temp) == 1 and temp[0].name.split("-")[-2] == str(proc.pid)
+
+        proc.kill()  # SIGKILL: no cleanup code runs in the parent
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "workers outlived their parent"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+    assert temp[0].exists() and not out.exists()
+    with within(120):
+        manifest = ingest(config(faces, out))  # the next run removes the dead run's temp folder
+    assert not temp[0].exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "faces"]
+    assert manifest["counts"]["train"] == 6
