@@ -1,0 +1,238 @@
+"""KServe deploy (srcore.deploy): the manifest against KServe's published CRD schema
+(vendored excerpt), and the create / patch / wait-for-Ready calls of the real Kubernetes
+client against a loopback API server that records them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from srcore import deploy
+from srcore.config import build_config
+
+SCHEMA_FILE = Path(__file__).parent / "data" / "kserve_inferenceservice_v1beta1_schema.yaml"
+NS, NAME = "kubeflow-user", "srgan-test"
+ISVC_PATH = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices"
+
+
+def _strict(schema: dict) -> dict:
+    """The excerpt with additionalProperties: false wherever the CRD lists properties:
+    a field the API server would prune silently is an error here."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node \
+                    and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = _strict(yaml.safe_load(SCHEMA_FILE.read_text()))
+    return jsonschema.Draft7Validator(schema)
+
+
+def _cfg(**kw):
+    return build_config("smoke", overrides={"deploy_namespace": NS, "deploy_service_name": NAME, **kw})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"deploy_gpus": 1, "deploy_runtime_version": "2.19.0-gpu"},
+                                       {"deploy_concurrency": 0}])
+def test_manifest_passes_the_crd_schema(validator, overrides):
+    manifest = deploy.build_manifest(_cfg(**overrides), "s3://bucket/1/abc/artifacts/savedmodel", NS,
+                                     {"name": "srgan-celeba", "version": "3"})
+    errors = [e.message for e in validator.iter_errors(manifest)]
+    assert not errors, errors
+    predictor = manifest["spec"]["predictor"]
+    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
+    assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
+    assert predictor["model"]["storageUri"] == "s3://bucket/1/abc/artifacts/savedmodel"
+    assert predictor["timeout"] == 120 and "--rest_api_timeout_in_ms=120000" in predictor["model"]["args"]
+    gpus = overrides.get("deploy_gpus", 0)
+    assert predictor["model"]["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    assert ("containerConcurrency" in predictor) == (overrides.get("deploy_concurrency", 2) > 0)
+    # the body the patch sends is valid too (nulls remove what we no longer set)
+    patch = deploy._patch_body(manifest)
+    assert patch["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == (str(gpus) if gpus else None)
+
+
+def test_schema_check_catches_misspelt_and_missing_fields(validator):
+    manifest = deploy.build_manifest(_cfg(), "gs://b/savedmodel", NS)
+    bad = copy.deepcopy(manifest)
+    bad["spec"]["predictor"]["model"]["storageURI"] = bad["spec"]["predictor"]["model"].pop("storageUri")
+    assert any("storageURI" in e.message for e in validator.iter_errors(bad))
+    bad = copy.deepcopy(manifest)
+    bad["spec"]["predictor"]["model"]["modelFormat"] = {"version": "2"}
+    assert any("'name' is a required property" in e.message for e in validator.iter_errors(bad))
+    bad = copy.deepcopy(manifest)
+    bad["spec"]["predictor"]["containerConcurrency"] = "2"
+    assert list(validator.iter_errors(bad))
+
+
+def test_bad_names_and_storage_uris_are_refused():
+    with pytest.raises(ValueError, match="deploy_service_name"):
+        deploy.build_manifest(_cfg(deploy_service_name="SRGAN_celeba"), "s3://b/m", NS)
+    for uri in ("mlflow-artifacts:/1/abc/artifacts/savedmodel", "/local/path", "file:///tmp/m"):
+        with pytest.raises(ValueError, match="deploy_storage_uri"):
+            deploy.build_manifest(_cfg(), uri, NS)
+    assert deploy.check_storage_uri("pvc://srgan-data/serving/srgan-celeba")
+
+
+# ---- loopback Kubernetes API -----------------------------------------------------------
+
+
+class FakeKServe:
+    """Just enough of the API server + KServe controller for one InferenceService:
+    GET/POST/PATCH (JSON merge patch); the controller reports Ready for a generation
+    after `ready_after` polls of it (never, when None)."""
+
+    def __init__(self, ready_after: int | None = 1):
+        self.requests: list[dict] = []
+        self.obj: dict | None = None
+        self.ready_after = ready_after
+        self.polls = 0
+        self.lock = threading.Lock()
+
+    def handle(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict]:
+        data = json.loads(body) if body else None
+        with self.lock:
+            self.requests.append({"method": method, "path": path, "content_type": headers.get("Content-Type"),
+                                  "body": data})
+            item = f"{ISVC_PATH}/{NAME}"
+            if method == "GET" and path == item:
+                if self.obj is None:
+                    return 404, {"kind": "Status", "code": 404, "reason": "NotFound"}
+                self.polls += 1
+                if self.ready_after is not None and self.polls > self.ready_after:
+                    gen = self.obj["metadata"]["generation"]
+                    self.obj["status"] = {"observedGeneration": gen, "url": f"http://{NAME}.{NS}.example.com",
+                                          "conditions": [{"type": "Ready", "status": "True"}]}
+                return 200, self.obj
+            if method == "POST" and path == ISVC_PATH:
+                self.obj = {**data, "metadata": {**data["metadata"], "generation": 1, "resourceVersion": "1"}}
+                self.polls = 0
+                return 201, self.obj
+            if method == "PATCH" and path == item:
+                old_spec = copy.deepcopy(self.obj["spec"])
+                _merge(self.obj, data)
+                if self.obj["spec"] != old_spec:
+                    self.obj["metadata"]["generation"] += 1
+                    self.polls = 0  # the controller reconciles the new generation
+                return 200, self.obj
+        return 405, {"kind": "Status", "code": 405}
+
+
+def _merge(target: dict, patch: dict) -> None:
+    """RFC 7386 JSON merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+@pytest.fixture
+def kserve():
+    fake = FakeKServe()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            status, payload = fake.handle(self.command, self.path.split("?")[0], self.headers, self.rfile.read(length))
+            raw = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = do_PATCH = _serve
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+def _api_client(url: str):
+    from kubernetes import client
+
+    conf = client.Configuration()
+    conf.host = url
+    return client.ApiClient(conf)
+
+
+def test_create_then_patch_and_wait_for_the_new_generation(kserve, validator):
+    api = _api_client(kserve.url)
+    first = deploy.deploy(_cfg(), "s3://bucket/run1/savedmodel", {"name": "m", "version": "1"}, api, poll_s=0.01)
+    assert (first.action, first.generation) == ("created", 1)
+    assert first.url == f"http://{NAME}.{NS}.example.com"
+    methods = [(r["method"], r["path"]) for r in kserve.requests]
+    assert methods[:2] == [("GET", f"{ISVC_PATH}/{NAME}"), ("POST", ISVC_PATH)]
+    created = kserve.requests[1]["body"]
+    assert not list(validator.iter_errors(created))
+    assert created["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/run1/savedmodel"
+
+    kserve.requests.clear()
+    second = deploy.deploy(_cfg(deploy_gpus=1), "s3://bucket/run2/savedmodel", {"name": "m", "version": "2"}, api,
+                           poll_s=0.01)
+    assert (second.action, second.generation) == ("patched", 2)
+    patch = next(r for r in kserve.requests if r["method"] == "PATCH")
+    assert patch["content_type"] == "application/merge-patch+json"
+    assert patch["body"]["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/run2/savedmodel"
+    # the stale Ready of generation 1 did not count: it polled until generation 2 was Ready
+    assert kserve.polls >= 2 and kserve.obj["status"]["observedGeneration"] == 2
+    assert kserve.obj["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    deploy.deploy(_cfg(), "s3://bucket/run2/savedmodel", {"name": "m", "version": "2"}, api, poll_s=0.01)
+    live = kserve.obj["spec"]["predictor"]
+    assert "nvidia.com/gpu" not in live["model"]["resources"]["limits"] and "tolerations" not in live
+
+
+def test_not_ready_times_out_with_a_reason(kserve):
+    kserve.ready_after = None
+    cfg = _cfg(deploy_wait_seconds=1)
+    with pytest.raises(deploy.DeployError, match="not Ready after 1s.*kubectl -n kubeflow-user describe"):
+        deploy.deploy(cfg, "s3://bucket/savedmodel", None, _api_client(kserve.url), poll_s=0.05)
+
+
+def test_deploy_step_tags_the_registered_version(kserve, tracking):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model("srgan-deploy-test")
+    mv = client.create_model_version("srgan-deploy-test", "s3://bucket/some/model")
+    client.set_registered_model_alias("srgan-deploy-test", "champion", mv.version)
+    cfg = _cfg(registered_model_name="srgan-deploy-test", deploy_storage_uri="pvc://srgan-data/serving/srgan-celeba")
+
+    out = deploy.deploy_step(cfg, api_client=_api_client(kserve.url), poll_s=0.01)
+    assert out["registered_model_version"] == str(mv.version) and out["url"].startswith("http://")
+    tags = client.get_model_version("srgan-deploy-test", mv.version).tags
+    assert tags["deploy.endpoint"] == out["url"]
+    assert tags["deploy.inference_service"] == f"{NS}/{NAME}"
+    assert tags["deploy.storage_uri"] == "pvc://srgan-data/serving/srgan-celeba"
+    assert kserve.requests[1]["body"]["metadata"]["labels"]["srgan.registered-model-version"] == str(mv.version)
