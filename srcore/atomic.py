@@ -75,8 +75,9 @@ def path_error(err: OSError, path: str | os.PathLike, doing: str) -> OSError:
         reason = "file name too long"
     elif err.errno in (errno.ENOTDIR, errno.EEXIST) and not Path(path).is_dir():
         reason = f"{reason} (a parent or the path itself is a file)"
-    new = type(err)(err.errno, f"{doing} {path}: {reason}") if err.errno else OSError(f"{doing} {path}: {reason}")
-    new.filename = str(path)
+    # one argument: str() is exactly the message (no "[Errno n]" prefix, no repeated path)
+    new = type(err)(f"{doing} {path}: {reason}")
+    new.path_errno = err.errno  # type: ignore[attr-defined]
     return new
 
 
@@ -99,16 +100,26 @@ def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> Non
     write_text_atomic(folder / MARKER, json.dumps(marker, indent=1) + "\n")
 
 
-def claim_output_dir(path: str | os.PathLike, kind: str) -> Path:
-    """Make `path` a folder that step `kind` may write into (see the module doc)."""
+def claim_output_dir(path: str | os.PathLike, kind: str, adopt: Callable[[str], bool] | None = None) -> Path:
+    """Make `path` a folder that step `kind` may write into (see the module doc).
+
+    `adopt(relative_path)` recognises the files of an output written before markers
+    existed: a folder without a marker whose every file it accepts is claimed too.
+    OSError (e.g. a parent is a file, a name too long) names the folder."""
     folder = Path(path).expanduser()
-    if folder.exists() or folder.is_symlink():
+    try:
+        exists = folder.exists() or folder.is_symlink()
+    except OSError as err:
+        raise path_error(err, folder, "cannot use output folder") from err
+    if exists:
         if not folder.is_dir():
             raise OutputDirError(f"output folder {folder} exists and is not a folder; pass a folder path")
         marker = read_marker(folder)
         if marker is not None and marker["kind"] == kind:
             return folder
-        if any(folder.iterdir()):
+        files = relative_files(folder) if marker is None else []
+        legacy = marker is None and adopt is not None and all(adopt(f) for f in files)
+        if any(folder.iterdir()) and not legacy:
             raise OutputDirError(_not_ours(folder, kind, marker))
     else:
         try:

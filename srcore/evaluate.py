@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from srcore import metrics as M
-from srcore.atomic import write_atomic, write_text_atomic
+from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data import degrade
 from srcore.data.dataset import load_test_images, read_manifest
@@ -225,7 +225,9 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
     from srcore.tracking import step_run
 
     data_dir = Path(data_dir or cfg.data_dir).expanduser()
-    out_dir = Path(out_dir or cfg.eval_dir).expanduser()
+    # srcore.atomic's ownership rule, before any work: never write into a folder evaluate did not make
+    out_dir = claim_output_dir(Path(out_dir or cfg.eval_dir), "evaluate", adopt=lambda f: f in (
+        "metrics.json", "per_image.csv") or (f.startswith("grid") and f.endswith(".png")))
     manifest = read_manifest(data_dir)
     started = time.time()
     with step_run(cfg, "evaluate"):

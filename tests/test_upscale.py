@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from srcore.atomic import MARKER
 from srcore.models import load_generator
 from srcore.upscale import (
     ImageTooSmallError,
@@ -137,7 +138,8 @@ def test_unreadable_and_too_small_files_are_skipped_and_counted(tiny_generator, 
     assert written == [out / "good_x4.png"]
     assert [p for p, _ in written.skipped] == [broken, tiny, missing]
     assert "tiny.png: 1x1 px is too small" in written.skipped[1][1]
-    assert sorted(p.name for p in out.iterdir()) == ["good_x4.png"]  # no temp files left
+    # no temp files left; the ownership marker says upscale made the folder
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "good_x4.png"]
 
 
 def test_directories_expand_and_same_stems_do_not_collide(tiny_generator, tmp_path):

@@ -42,7 +42,7 @@ def open_checked(raw: bytes | BinaryIO, max_pixels: int, min_side: int = 1) -> I
         try:
             image = Image.open(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise BadImage(f"decompression bomb: {err}") from None
+            raise BadImage(f"decompression bomb: {err} (max_pixels={max_pixels})") from None
         except UnidentifiedImageError:
             raise BadImage("not an image: unrecognised format") from None
         width, height = image.size
