@@ -1,8 +1,9 @@
-"""`python -m pipeline compile | submit | run-local`."""
+"""`python -m pipeline compile | submit | upload | run-local`."""
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 log = logging.getLogger("pipeline")
@@ -18,6 +19,23 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _auth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+                   required=not os.environ.get("KF_PIPELINES_ENDPOINT"),
+                   help="KFP API endpoint, e.g. http://localhost:8080 (default $KF_PIPELINES_ENDPOINT)")
+    p.add_argument("--namespace", default=None,
+                   help="profile namespace on multi-user Kubeflow (default $KFP_NAMESPACE, this pod's, or the kube "
+                        "context's)")
+    p.add_argument("--token-file", default=None,
+                   help="bearer token file, re-read per request (default: $KFP_TOKEN, else the in-cluster "
+                        "service-account token when mounted)")
+    p.add_argument("--cookie", default=None,
+                   help="auth cookie for Dex / oauth2-proxy, e.g. authservice_session=... (default $KFP_COOKIE)")
+    p.add_argument("--image", default=None, help="component image (default $SRGAN_IMAGE, or "
+                   "$SRGAN_IMAGE_REPOSITORY:<git commit>)")
+    p.add_argument("--package", default=None, help="use this compiled YAML instead of compiling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     p.add_argument("--log-level", default="INFO")
@@ -25,18 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="write the pipeline YAML")
     c.add_argument("--out", default="srgan_pipeline.yaml")
-    c.add_argument("--image", default=None, help="component image (default $SRGAN_IMAGE or the versioned tag)")
+    c.add_argument("--image", default=None, help="component image (default $SRGAN_IMAGE, or "
+                   "$SRGAN_IMAGE_REPOSITORY:<git commit>; the placeholder registry is refused)")
     c.add_argument("--no-kubernetes", dest="cluster", action="store_false",
                    help="leave out node selector, toleration and the MLflow Secret")
 
-    s = sub.add_parser("submit", help="compile and create a run on a KFP API (token: $KFP_TOKEN)")
-    s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    s = sub.add_parser("submit", help="check the parameters, compile and create a run on a KFP API")
+    _auth_flags(s)
     s.add_argument("--experiment", default=None, help="KFP experiment (default: Default)")
     s.add_argument("--run-name", default=None)
-    s.add_argument("--namespace", default=None, help="profile namespace (multi-user Kubeflow)")
-    s.add_argument("--image", default=None)
-    s.add_argument("--package", default=None, help="submit this compiled YAML instead of compiling")
+    s.add_argument("--upload", action="store_true",
+                   help="upload as a version (the git commit) of the named pipeline, and run that version")
+    s.add_argument("--mlflow-plugin", action="store_true", default=None,
+                   help="KFP's MLflow plugin injects the tracking URI: do not require mlflow_tracking_uri "
+                        "(or set SRGAN_KFP_MLFLOW_PLUGIN=1)")
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+
+    u = sub.add_parser("upload", help="upload the pipeline as a named version (the git commit)")
+    _auth_flags(u)
+    u.add_argument("--pipeline-name", default=None, help="default: srgan-celeba")
+    u.add_argument("--version", default=None, help="default: the git commit (+ -dirty-<UTC time>)")
 
     r = sub.add_parser("run-local", help="run the whole DAG here (kfp.local SubprocessRunner)")
     r.add_argument("--preset", default="smoke", help="Config preset (default smoke: tiny, CPU-fast)")
@@ -51,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pipeline import run
+    from pipeline.client import Auth
 
     try:
         if args.cmd == "compile":
@@ -58,15 +85,33 @@ def main(argv: list[str] | None = None) -> int:
             print(out)
         elif args.cmd == "submit":
             result = run.submit(args.host, _params(args.param), experiment=args.experiment, run_name=args.run_name,
-                                namespace=args.namespace, image=args.image, package=args.package)
+                                namespace=args.namespace, image=args.image, package=args.package,
+                                auth=Auth(token_file=args.token_file, cookie=args.cookie), upload=args.upload,
+                                mlflow_plugin=args.mlflow_plugin)
             print(result["url"])
+        elif args.cmd == "upload":
+            result = run.upload(args.host, image=args.image, package=args.package, namespace=args.namespace,
+                                auth=Auth(token_file=args.token_file, cookie=args.cookie),
+                                pipeline_name=args.pipeline_name or run.PIPELINE_NAME, version=args.version)
+            print(json.dumps(result))
         else:
             params = {"preset": args.preset, **_params(args.param)}
             print(json.dumps(run.run_local(params, root=args.root, cache=args.cache), default=str))
     except ValueError as e:
         log.error("%s", e)
         return 2
+    except _api_errors() as e:
+        log.error("the KFP API at %s failed: %s", getattr(args, "host", "?"), "; ".join(str(e).strip().splitlines()[:3]))
+        return 1
     return 0
+
+
+def _api_errors() -> tuple[type[BaseException], ...]:
+    """What an unreachable or refusing KFP API raises (a clear line, not a traceback)."""
+    import kfp_server_api
+    import urllib3
+
+    return kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError
 
 
 if __name__ == "__main__":

@@ -1,27 +1,32 @@
-"""Compile, submit, or run the pipeline on this machine.
+"""Compile, upload, submit, or run the pipeline on this machine.
 
-- `compile_pipeline(out)`: the pipeline YAML for a cluster.
-- `submit(host, ...)`: compile and create a run with `kfp.Client` (token from KFP_TOKEN).
+- `compile_pipeline(out, image)`: the pipeline YAML for a cluster (refuses without a
+  real image, see components._common.resolve_image).
+- `submit(host, params, ...)`: preflight the parameters (pipeline.preflight), compile,
+  and create a run in the user's namespace (pipeline.client: credentials, namespace);
+  `upload=True` first uploads it as a named pipeline version (the git commit).
+- `upload(host, ...)`: only the named, versioned upload.
 - `run_local(params, root)`: the whole DAG here with kfp.local.SubprocessRunner(use_venv=False);
   every output (pipeline_root, workspace, temp files) stays under `root`.
 """
 
-import contextlib
-import io
 import json
 import logging
 import os
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-import components
+from components._common import LOCAL_IMAGE, checkout_commit, resolve_image
+from pipeline import client as kfp_client
+from pipeline import preflight
 from pipeline.dag import PIPELINE_NAME, build_pipeline
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "KFP_TOKEN"
+TOKEN_ENV = kfp_client.TOKEN_ENV
 
 
 def pipeline_parameters(pipe=None) -> list[str]:
@@ -31,21 +36,27 @@ def pipeline_parameters(pipe=None) -> list[str]:
 
 def check_parameters(params: Mapping[str, Any], pipe=None) -> dict[str, str]:
     """Parameters as strings; unknown names fail before anything is submitted or run."""
-    known = pipeline_parameters(pipe)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"unknown pipeline parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return {k: "" if v is None else str(v) for k, v in params.items()}
+    return preflight.check_parameters(params, preflight.parameter_defaults(pipe or build_pipeline()))
 
 
 def compile_pipeline(out: str | os.PathLike, image: str | None = None, cluster: bool = True) -> Path:
+    """Write the pipeline YAML for `image` (else $SRGAN_IMAGE, else
+    $SRGAN_IMAGE_REPOSITORY:<git commit>); refuses the placeholder image."""
     from kfp import compiler
 
+    image = resolve_image(image)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(image=image, cluster=cluster), str(out))
-    log.info("compiled %s (image %s)", out, image or components.BASE_IMAGE)
+    log.info("compiled %s (image %s)", out, image)
     return out
+
+
+def _package_and_defaults(package: str | os.PathLike | None) -> tuple[Path | None, dict[str, str]]:
+    """(the given package or None, the parameter defaults it will run with)."""
+    if package:
+        return Path(package), preflight.package_defaults(package)
+    return None, preflight.parameter_defaults(build_pipeline())
 
 
 def submit(
@@ -57,26 +68,55 @@ def submit(
     image: str | None = None,
     package: str | os.PathLike | None = None,
     token: str | None = None,
+    auth: kfp_client.Auth | None = None,
+    upload: bool = False,
+    mlflow_plugin: bool | None = None,
 ) -> dict[str, str]:
-    """Create a run on the KFP API at `host`; returns {"run_id", "url"}."""
-    import kfp
+    """Create a run on the KFP API at `host`; returns {"run_id", "url"} (+ pipeline ids
+    with `upload`). Parameters are checked (pipeline.preflight) before anything is
+    compiled or sent."""
+    auth = auth or kfp_client.Auth(token=token)
+    with tempfile.TemporaryDirectory(prefix="srgan-submit-") as tmp:
+        path, defaults = _package_and_defaults(package)
+        arguments, _ = preflight.check_run(params or {}, defaults, cluster=True, mlflow_plugin=mlflow_plugin)
+        path = path or compile_pipeline(Path(tmp) / f"{PIPELINE_NAME}.yaml", image=image)
+        client, ns = kfp_client.connect(host, auth, namespace)
+        name = run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H-%M-%S')}"
+        with kfp_client.quiet_stdout():
+            exp = client.create_experiment(experiment or "Default", namespace=ns)
+        result: dict[str, str] = {}
+        if upload:
+            pipeline_id, version_id = kfp_client.upload(client, path, PIPELINE_NAME,
+                                                        kfp_client.version_name(checkout_commit()), namespace=ns)
+            result.update(pipeline_id=pipeline_id, pipeline_version_id=version_id)
+            source = dict(pipeline_id=pipeline_id, version_id=version_id)
+        else:
+            source = dict(pipeline_package_path=str(path))
+        with kfp_client.quiet_stdout():
+            run = client.run_pipeline(exp.experiment_id, name, params=arguments, **source)
+    url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+    log.info("created run %s in experiment %s%s", run.run_id, experiment or "Default",
+             f" (namespace {ns})" if ns else "")
+    return {"run_id": run.run_id, "url": url, **result}
 
-    arguments = check_parameters(params or {})
-    token = token or os.environ.get(TOKEN_ENV) or None
-    printed = io.StringIO()
-    # kfp.Client prints its links; keep stdout for our result line and log them instead
-    with tempfile.TemporaryDirectory(prefix="srgan-submit-") as tmp, contextlib.redirect_stdout(printed):
-        client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
+
+def upload(
+    host: str,
+    image: str | None = None,
+    package: str | os.PathLike | None = None,
+    namespace: str | None = None,
+    auth: kfp_client.Auth | None = None,
+    pipeline_name: str = PIPELINE_NAME,
+    version: str | None = None,
+) -> dict[str, str]:
+    """Upload the pipeline as version `version` (default: the git commit) of
+    `pipeline_name`; returns {"pipeline_id", "pipeline_version_id", "version"}."""
+    version = version or kfp_client.version_name(checkout_commit())
+    with tempfile.TemporaryDirectory(prefix="srgan-upload-") as tmp:
         path = Path(package) if package else compile_pipeline(Path(tmp) / f"{PIPELINE_NAME}.yaml", image=image)
-        result = client.create_run_from_pipeline_package(
-            str(path), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace,
-        )
-    for line in printed.getvalue().splitlines():
-        if line.strip():
-            log.info("kfp: %s", line.strip())
-    url = f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
-    log.info("created run %s in experiment %s", result.run_id, experiment or "Default")
-    return {"run_id": result.run_id, "url": url}
+        client, ns = kfp_client.connect(host, auth, namespace)
+        pipeline_id, version_id = kfp_client.upload(client, path, pipeline_name, version, namespace=ns)
+    return {"pipeline_id": pipeline_id, "pipeline_version_id": version_id, "version": version}
 
 
 def run_local(
@@ -95,6 +135,9 @@ def run_local(
     """
     from kfp import local
 
+    # before anything is written: a local build's defaults (no GPU required, no volume)
+    arguments, _ = preflight.check_run(params or {}, preflight.parameter_defaults(build_pipeline(cluster=False)),
+                                       cluster=False)
     root = Path(root).resolve()
     tmp = root / "tmp"
     for d in (root, tmp):
@@ -103,7 +146,6 @@ def run_local(
     os.environ["TMPDIR"] = str(tmp)
     tempfile.tempdir = str(tmp)
 
-    arguments = check_parameters(params or {})
     if not arguments.get("mlflow_tracking_uri") and not os.environ.get("MLFLOW_TRACKING_URI"):
         arguments["mlflow_tracking_uri"] = f"sqlite:///{root / 'mlflow.db'}"
         log.info("no MLflow tracking URI given: using %s", arguments["mlflow_tracking_uri"])
@@ -116,7 +158,8 @@ def run_local(
         enable_caching=cache,
         cache_root=str(root / "cache") if cache else None,
     )
-    pipe = build_pipeline(image=image)
+    # kfp.local's SubprocessRunner never pulls the image: any name will do
+    pipe = build_pipeline(image=image or LOCAL_IMAGE)
     with warnings.catch_warnings():
         # expected here: the project's image is not used, and resources/GPU/Kubernetes
         # settings only apply on a cluster
