@@ -2,7 +2,7 @@
 
 The component objects live in the submodules (`components.ingest.ingest`, ...), which
 keep their step names so the compiled tasks are named ingest, train, evaluate and
-register. The base image is one setting for all of them: `$SRGAN_IMAGE` at import
+register (plus the exit task `finish`). The base image is one setting for all of them: `$SRGAN_IMAGE` at import
 (compile) time, else `ghcr.io/your-org/srgan-celeba:<package version>`.
 """
 
@@ -12,13 +12,21 @@ __all__ = ["BASE_IMAGE", "IMAGE_ENV", "default_image", "with_image", "all_compon
 
 
 def all_components(image: str | None = None) -> dict:
-    """{step: component}, rebuilt for `image` when given."""
-    from components.evaluate import evaluate
-    from components.ingest import ingest
-    from components.register import register
-    from components.train import train
+    """{name: component} for every step that runs on Kubeflow (a row of srcore.steps.STEPS
+    with a module here) plus the exit task `finish`, rebuilt for `image` when given."""
+    import importlib
 
-    comps = {"ingest": ingest, "train": train, "evaluate": evaluate, "register": register}
+    from srcore.steps import STEPS
+
+    comps = {}
+    for name in [*STEPS, "finish"]:
+        try:
+            module = importlib.import_module(f"components.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"components.{name}":
+                raise
+            continue  # a step that runs only locally (upscale, main)
+        comps[name] = getattr(module, name)
     if image:
         comps = {k: with_image(c, image) for k, c in comps.items()}
     return comps

@@ -1,4 +1,5 @@
-"""KFP component: ingest `source` into a Dataset artifact (srcore.workflow.ingest_step)."""
+"""KFP component of step `ingest` (srcore.steps.ingest_step), the pipeline's first step:
+it resolves the Config once and hands it on as `config_json`."""
 
 from typing import NamedTuple
 
@@ -12,29 +13,40 @@ def ingest(
     dataset: Output[Dataset],
     preset: str = "",
     config_overrides: str = "",
+    # the pipeline's named Config parameters: KFP needs them spelled out here and in
+    # pipeline/dag.py (srcore.kfp_glue.PIPELINE_CONFIG_PARAMS; a test keeps them equal)
     source: str = "",
     limit: str = "",
     test_count: str = "",
+    epochs: str = "",
+    pretrain_epochs: str = "",
+    batch_size: str = "",
+    content_loss: str = "",
+    registered_model_name: str = "",
     experiment_name: str = "",
+    require_gpu: str = "",
     mlflow_tracking_uri: str = "",
-    parent_run_id: str = "",
-) -> NamedTuple("IngestOutputs", [("parent_run_id", str), ("content_hash", str)]):
-    """Select, crop and split the faces; `dataset` is the ingest output folder
-    (manifest.json, train/*.tfrecord, test/*.png).
-
-    Only the parameters that shape the data reach this step, so that changing training
-    parameters keeps its cache. Returns the MLflow parent run it opened ('' under
-    KFP's MLflow plugin) and the data's content hash.
-    """
+    pipeline_run_id: str = "",
+    volume_root: str = "",
+    checkpoint_dir: str = "",
+) -> NamedTuple("IngestOutputs", [("config_json", str), ("data_dir", str), ("content_hash", str),
+                                  ("parent_run_id", str)]):
+    """Select, crop and split the faces into `<volume_root>/data/...` (train shards, test
+    PNGs, manifest.json); `dataset` is a small pointer to it (path and content hash in
+    its metadata). Opens the MLflow parent run of this KFP run (the exit task ends it)."""
     from collections import namedtuple
 
-    from srcore import steps_env
-    from srcore.workflow import ingest_step
+    from srcore import kfp_glue, steps
 
-    cfg = steps_env.step_config(
-        preset, config_overrides, source=source, limit=limit, test_count=test_count, experiment_name=experiment_name
+    cfg = kfp_glue.pipeline_config(
+        preset, config_overrides, volume_root, pipeline_run_id, checkpoint_dir, source=source, limit=limit,
+        test_count=test_count, epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size,
+        content_loss=content_loss, registered_model_name=registered_model_name, experiment_name=experiment_name,
+        require_gpu=require_gpu,
     )
-    parent = steps_env.prepare_step(cfg, mlflow_tracking_uri, parent_run_id)
-    manifest = ingest_step(cfg, out_dir=dataset.path)
-    dataset.metadata.update({"content_hash": manifest["content_hash"], **manifest["counts"]})
-    return namedtuple("IngestOutputs", ["parent_run_id", "content_hash"])(parent, manifest["content_hash"])
+    parent = kfp_glue.connect(cfg, mlflow_tracking_uri, pipeline_run_id=pipeline_run_id, first=True)
+    out = steps.run("ingest", cfg)
+    dataset.metadata.update(kfp_glue.artifact_metadata(out["data_dir"], out["content_hash"], **out["counts"]))
+    kfp_glue.write_pointer(dataset.path, dataset.metadata)
+    return namedtuple("IngestOutputs", ["config_json", "data_dir", "content_hash", "parent_run_id"])(
+        out["config_json"], out["data_dir"], out["content_hash"], parent)

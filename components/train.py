@@ -1,4 +1,4 @@
-"""KFP component: train the SRGAN on a Dataset artifact into a Model artifact (srcore.train.train)."""
+"""KFP component of step `train` (srcore.steps.train_step)."""
 
 from typing import NamedTuple
 
@@ -11,38 +11,25 @@ from components._common import component
 def train(
     dataset: Input[Dataset],
     model: Output[Model],
-    preset: str = "",
-    config_overrides: str = "",
-    source: str = "",
-    limit: str = "",
-    test_count: str = "",
-    epochs: str = "",
-    pretrain_epochs: str = "",
-    batch_size: str = "",
-    content_loss: str = "",
-    registered_model_name: str = "",
-    experiment_name: str = "",
+    config_json: str,
+    overrides: str = "",
     mlflow_tracking_uri: str = "",
     parent_run_id: str = "",
-    pipeline_run_id: str = "",
-) -> NamedTuple("TrainOutputs", [("model_uri", str), ("run_id", str), ("parent_run_id", str)]):
-    """`model` is the training folder (checkpoints/, generator.keras, mlflow_run_id).
-
-    Returns the MLflow model URI of the logged upscaler, the training run, and the
-    parent run the later steps use (a new one when ingest came from the cache).
-    """
+) -> NamedTuple("TrainOutputs", [("config_json", str), ("model_uri", str), ("run_id", str)]):
+    """Train on the ingest output named in `config_json` into its `model_dir` on the volume
+    (checkpoints there: a retried pod resumes into the same MLflow run). `overrides`: a
+    JSON object of Config fields on top (sweep trials). `model` is a small pointer
+    (volume path, MLflow model URI); `config_json` out is the resolved Config incl. overrides."""
     from collections import namedtuple
 
-    from srcore import steps_env
-    from srcore.train import train as train_step
+    from srcore import kfp_glue, steps
 
-    cfg = steps_env.step_config(
-        preset, config_overrides, source=source, limit=limit, test_count=test_count, epochs=epochs,
-        pretrain_epochs=pretrain_epochs, batch_size=batch_size, content_loss=content_loss,
-        registered_model_name=registered_model_name, experiment_name=experiment_name,
-    )
-    parent = steps_env.prepare_step(cfg, mlflow_tracking_uri, parent_run_id, pipeline_run_id)
-    result = train_step(cfg, data_dir=dataset.path, model_dir=model.path)
-    model.metadata.update({"framework": "keras", "mlflow_model_uri": result.model_uri,
-                           "mlflow_run_id": result.run_id, "epochs_done": result.epochs_done})
-    return namedtuple("TrainOutputs", ["model_uri", "run_id", "parent_run_id"])(result.model_uri, result.run_id, parent)
+    cfg = kfp_glue.step_config(config_json)
+    kfp_glue.connect(cfg, mlflow_tracking_uri, parent_run_id)
+    out = steps.run("train", cfg, overrides=overrides)
+    model.metadata.update(kfp_glue.artifact_metadata(
+        out["model_dir"], framework="keras", generator=out["generator"], mlflow_model_uri=out["model_uri"],
+        mlflow_run_id=out["run_id"], epochs_done=out["epochs_done"]))
+    kfp_glue.write_pointer(model.path, model.metadata)
+    return namedtuple("TrainOutputs", ["config_json", "model_uri", "run_id"])(
+        out["config_json"], out["model_uri"], out["run_id"])

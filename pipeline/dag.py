@@ -1,4 +1,4 @@
-"""The Kubeflow pipeline: ingest -> train -> evaluate -> register.
+"""The Kubeflow pipeline: ingest -> train -> evaluate -> register, inside an exit handler.
 
 `build_pipeline(image=None, cluster=True, settings=None)` returns the pipeline
 (a KFP GraphComponent); `srgan_pipeline` is the default build. Cluster settings (GPU
@@ -10,12 +10,29 @@ Secret) are module defaults overridable by environment variables at compile time
 
 Every pipeline parameter is a string where '' means "not given": the preset (and
 `config_overrides`, a JSON object of Config fields) decide, exactly as for `srgan`
-flags and MLproject parameters.
+flags and MLproject parameters. Ingest resolves them into one Config and hands it on as
+`config_json`; train re-emits it (with its `overrides`) for evaluate and register.
+
+Data lives on a shared volume mounted at `volume_root` in ingest, train and evaluate
+(layout: srcore/kfp_glue.py): by default the existing claim `pvc_name`, or with
+`ClusterSettings.create_pvc` (SRGAN_CREATE_PVC=true) a claim created for the run of
+`pvc_size` / `storage_class`, deleted at the end when `delete_pvc` is true. KFP cannot
+choose between the two at run time (a created claim's name cannot leave a condition
+branch into `mount_pvc`), hence a compile-time choice. The KFP artifacts stay small
+pointers (volume path and content hash in their metadata). Under kfp.local (no volume)
+`volume_root` is a local folder.
+
+Train checkpoints to `<volume_root>/runs/<KFP run id>/model` (or `checkpoint_dir`, to
+resume across pipeline runs) and has a retry policy and a timeout: a retried pod
+resumes from its last checkpoint into the same MLflow run. The exit task `finish` ends
+the MLflow parent run FAILED or FINISHED with the KFP run id tagged.
 """
 
 
 import dataclasses
 import os
+import tempfile
+from pathlib import Path
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
@@ -59,6 +76,12 @@ class ClusterSettings:
     register: Resources = Resources("500m", "1", "2Gi", "4Gi")
     ingest_retries: int = 3
     register_retries: int = 3
+    train_retries: int = 2
+    train_timeout_seconds: int = 48 * 3600  # the pod's activeDeadlineSeconds
+    volume_mount: str = "/mnt/srgan"
+    pvc_name: str = "srgan-data"  # default of the pipeline parameter: an existing claim
+    create_pvc: bool = False  # compile-time: create a claim per run instead
+    pvc_size: str = "50Gi"
 
     @classmethod
     def from_env(cls) -> "ClusterSettings":
@@ -91,6 +114,8 @@ class ClusterSettings:
             train=res("TRAIN", d.train),
             evaluate=res("EVALUATE", d.evaluate),
             register=res("REGISTER", d.register),
+            pvc_name=_env("SRGAN_PVC_NAME", d.pvc_name),
+            create_pvc=_env("SRGAN_CREATE_PVC", "false").lower() in ("1", "true", "yes"),
         )
 
 
@@ -122,9 +147,25 @@ class PipelineOutputs(NamedTuple):
     champion: bool
 
 
-def build_pipeline(image: str | None = None, cluster: bool = True, settings: ClusterSettings | None = None):
-    """The pipeline for `image` (default: components.BASE_IMAGE, i.e. $SRGAN_IMAGE)."""
+def running_locally() -> bool:
+    """kfp.local is initialised in this process (run-local): no Kubernetes, no volume."""
+    from kfp.local import config
+
+    return config.LocalExecutionConfig.instance is not None
+
+
+def local_volume_root() -> str:
+    """Where the volume's folders live under kfp.local: $SRGAN_VOLUME_ROOT, else beside
+    the temporary files (run-local keeps those under its --root)."""
+    return os.environ.get("SRGAN_VOLUME_ROOT") or str(Path(tempfile.gettempdir()) / "srgan-volume")
+
+
+def build_pipeline(image: str | None = None, cluster: bool | None = None, settings: ClusterSettings | None = None):
+    """The pipeline for `image` (default: components.BASE_IMAGE, i.e. $SRGAN_IMAGE).
+    `cluster` None: a cluster build unless kfp.local is initialised."""
     s = settings or ClusterSettings.from_env()
+    if cluster is None:
+        cluster = not running_locally()
     comps = components.all_components(image)
 
     def platform(task: dsl.PipelineTask, gpu: bool = False) -> None:
@@ -139,7 +180,8 @@ def build_pipeline(image: str | None = None, cluster: bool = True, settings: Clu
         if gpu and s.gpu_toleration:
             kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)
+    # pipeline/dag.py spells out srcore.kfp_glue.PIPELINE_CONFIG_PARAMS (source ... require_gpu)
+    # again because KFP needs explicit signatures; tests/test_steps.py keeps them equal.
     def srgan_pipeline(
         source: str = "",
         limit: str = "",
@@ -148,52 +190,102 @@ def build_pipeline(image: str | None = None, cluster: bool = True, settings: Clu
         pretrain_epochs: str = "",
         batch_size: str = "",
         content_loss: str = "",
-        preset: str = "seed",
-        mlflow_tracking_uri: str = s.mlflow_tracking_uri,
-        experiment_name: str = "",
         registered_model_name: str = "",
+        experiment_name: str = "",
+        require_gpu: str = "true" if cluster else "false",
+        preset: str = "seed",
         config_overrides: str = "",
+        mlflow_tracking_uri: str = s.mlflow_tracking_uri,
+        volume_root: str = s.volume_mount if cluster else local_volume_root(),
+        checkpoint_dir: str = "",
+        pvc_name: str = s.pvc_name,
+        pvc_size: str = s.pvc_size,
+        storage_class: str = "",
+        delete_pvc: str = "false",
     ) -> PipelineOutputs:
-        tracking = dict(experiment_name=experiment_name, mlflow_tracking_uri=mlflow_tracking_uri)
-        common = dict(
-            preset=preset, config_overrides=config_overrides, source=source, limit=limit, test_count=test_count,
-            epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, content_loss=content_loss,
-            registered_model_name=registered_model_name, pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **tracking,
-        )
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id)
+        _resources(finish, s.register).set_caching_options(False)
+        platform(finish)
 
-        # only what shapes the data, so that training parameters keep the ingest cache
-        ingest = comps["ingest"](preset=preset, config_overrides=config_overrides, source=source, limit=limit,
-                                 test_count=test_count, **tracking)
-        _resources(ingest, s.ingest).set_caching_options(True)
-        ingest.set_retry(num_retries=s.ingest_retries, backoff_duration="60s", backoff_factor=2.0)
-        platform(ingest)
+        claim = pvc_name
+        created = None
+        if cluster and s.create_pvc:
+            created = kubernetes.CreatePVC(pvc_name_suffix="-srgan", access_modes=["ReadWriteOnce"], size=pvc_size,
+                                           storage_class_name=storage_class)
+            claim = created.outputs["name"]
 
-        train = comps["train"](dataset=ingest.outputs["dataset"], parent_run_id=ingest.outputs["parent_run_id"],
-                               **common)
-        _resources(train, s.train).set_caching_options(False)
-        if s.gpu_count > 0:
-            train.set_accelerator_type(s.gpu_type).set_accelerator_limit(s.gpu_count)
-        platform(train, gpu=True)
+        def on_volume(task: dsl.PipelineTask) -> None:
+            if cluster:
+                kubernetes.mount_pvc(task, pvc_name=claim, mount_path=s.volume_mount)
 
-        evaluate = comps["evaluate"](dataset=ingest.outputs["dataset"], model=train.outputs["model"],
-                                     parent_run_id=train.outputs["parent_run_id"], **common)
-        _resources(evaluate, s.evaluate).set_caching_options(False)
-        platform(evaluate)
+        def steps() -> tuple[dsl.PipelineTask, PipelineOutputs]:
+            ingest = comps["ingest"](
+                preset=preset, config_overrides=config_overrides, source=source, limit=limit, test_count=test_count,
+                epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, content_loss=content_loss,
+                registered_model_name=registered_model_name, experiment_name=experiment_name,
+                require_gpu=require_gpu, mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id,
+                volume_root=volume_root, checkpoint_dir=checkpoint_dir,
+            )
+            # it opens this KFP run's MLflow parent run, and re-ingest on the volume is a
+            # no-op when the manifest matches: never cached
+            _resources(ingest, s.ingest).set_caching_options(False)
+            ingest.set_retry(num_retries=s.ingest_retries, backoff_duration="60s", backoff_factor=2.0)
+            on_volume(ingest)
+            platform(ingest)
 
-        register = comps["register"](metrics=evaluate.outputs["metrics"], model_uri=train.outputs["model_uri"],
-                                     manifest_hash=ingest.outputs["content_hash"],
-                                     parent_run_id=train.outputs["parent_run_id"], **common)
-        _resources(register, s.register).set_caching_options(False)
-        register.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
-        platform(register)
+            tracking = dict(mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=ingest.outputs["parent_run_id"])
+            train = comps["train"](dataset=ingest.outputs["dataset"], config_json=ingest.outputs["config_json"],
+                                   **tracking)
+            _resources(train, s.train).set_caching_options(False)
+            train.set_retry(num_retries=s.train_retries, backoff_duration="120s", backoff_factor=2.0)
+            if s.gpu_count > 0:
+                train.set_accelerator_type(s.gpu_type).set_accelerator_limit(s.gpu_count)
+            on_volume(train)
+            if cluster:
+                kubernetes.set_timeout(train, s.train_timeout_seconds)
+            platform(train, gpu=True)
 
-        return PipelineOutputs(
-            dataset=ingest.outputs["dataset"], model=train.outputs["model"], metrics=evaluate.outputs["metrics"],
-            report=evaluate.outputs["report"], evaluation=evaluate.outputs["evaluation"], model_uri=train.outputs["model_uri"],
-            model_version=register.outputs["version"], champion=register.outputs["champion"],
-        )
+            evaluate = comps["evaluate"](dataset=ingest.outputs["dataset"], model=train.outputs["model"],
+                                         config_json=train.outputs["config_json"], model_uri=train.outputs["model_uri"],
+                                         **tracking)
+            _resources(evaluate, s.evaluate).set_caching_options(False)
+            on_volume(evaluate)
+            platform(evaluate)
 
-    return srgan_pipeline
+            register = comps["register"](metrics=evaluate.outputs["metrics"], config_json=train.outputs["config_json"],
+                                         model_uri=train.outputs["model_uri"],
+                                         manifest_hash=ingest.outputs["content_hash"], **tracking)
+            _resources(register, s.register).set_caching_options(False)
+            # idempotent: registering the same model URI again returns the existing version
+            register.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
+            platform(register)
+
+            if created is not None:
+                with dsl.If(delete_pvc == "true"):
+                    kubernetes.DeletePVC(pvc_name=claim).after(evaluate, register)
+            return register, PipelineOutputs(
+                dataset=ingest.outputs["dataset"], model=train.outputs["model"], metrics=evaluate.outputs["metrics"],
+                report=evaluate.outputs["report"], evaluation=evaluate.outputs["evaluation"],
+                model_uri=train.outputs["model_uri"], model_version=register.outputs["version"],
+                champion=register.outputs["champion"],
+            )
+
+        if cluster:
+            # KFP returns no pipeline outputs from inside an exit handler: every output is
+            # still on its task in the UI
+            with dsl.ExitHandler(finish, name="srgan-steps"):
+                steps()
+            return None
+        # kfp.local: the steps at top level so that run-local gets the pipeline outputs;
+        # `finish` runs last whatever the steps' fate (kfp.local also stops at a failure)
+        register, outputs = steps()
+        finish.after(register).ignore_upstream_failure()
+        return outputs
+
+    if cluster:
+        del srgan_pipeline.__annotations__["return"]
+    return dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)(srgan_pipeline)
 
 
 srgan_pipeline = build_pipeline()

@@ -1,7 +1,10 @@
 """`srgan <step>` (also `python -m srcore <step>`): flags -> Config -> one step function.
 
-Every Config field is a flag on every step (`--batch-size 16`, `--augment false`), so
-the CLI, MLproject and KFP share one vocabulary. An empty value means "not given".
+The subcommands come from the step table (srcore/steps.py). `srgan <step> --help` shows
+the step's inputs and the Config fields it reads, grouped by section; every other
+Config field is still accepted as a flag (hidden from that help), so the CLI, MLproject
+and KFP share one vocabulary. `srgan config --help` lists every field; `srgan config`
+prints the resolved configuration. An empty value means "not given".
 """
 
 from __future__ import annotations
@@ -9,40 +12,81 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import fields
-from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ banner out of our logs
-
-from srcore.config import PRESETS, Config, ConfigError, build_config  # noqa: E402
+from srcore import tracking
+from srcore.config import PRESETS, SECTIONS, Config, ConfigError, build_config
+from srcore.steps import STEPS, Step, run
 
 log = logging.getLogger("srgan")
 
-# Per-step short names for the folders a step reads and writes.
-ALIASES: dict[str, dict[str, str]] = {
-    "ingest": {"out": "data_dir", "partition": "partition_file"},
-    "train": {"data": "data_dir", "out": "model_dir"},
-    "evaluate": {"data": "data_dir", "out": "eval_dir"},
-    "register": {"data": "data_dir"},
-    "main": {"data": "source"},
-}
+# Deprecated spellings kept working, hidden from help: `--data` meant the source in `main`
+# and the ingest output elsewhere; now it is --source or --data-dir.
+HIDDEN_ALIASES = {"train": {"data": "data_dir"}, "evaluate": {"data": "data_dir"},
+                  "ingest": {"partition": "partition_file"}}
 
 
-def _add_config_flags(p: argparse.ArgumentParser, step: str) -> None:
-    p.add_argument("--preset", default="", help=f"named preset: {', '.join(PRESETS)}")
-    p.add_argument("--config", default="", help="YAML file of Config fields (see configs/)")
-    p.add_argument("--log-level", default="INFO")
-    g = p.add_argument_group("configuration (every field of srcore.config.Config)")
-    for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict = {"dest": f.name, "default": None, "help": f.metadata.get("help", "")}
-        if f.type in ("bool", bool):
-            kw.update(nargs="?", const="true", metavar="BOOL")
-        g.add_argument(flag, **kw)
-    for short, target in ALIASES.get(step, {}).items():
-        p.add_argument(f"--{short}", dest=target, default=None, help=f"alias of --{target.replace('_', '-')}")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_field(group: argparse._ActionsContainer, f, hidden: bool = False) -> None:
+    kw: dict = {"dest": f.name, "default": None,
+                "help": argparse.SUPPRESS if hidden else f.metadata.get("help", "")}
+    if f.type in ("bool", bool):
+        kw.update(nargs="?", const="true", metavar="BOOL")
+    group.add_argument(_flag(f.name), **kw)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration source")
+    g.add_argument("--preset", default="", help=f"named preset: {', '.join(PRESETS)}")
+    g.add_argument("--config", default="", help="YAML file of Config fields (see configs/; `srgan config --help`)")
+    g.add_argument("--log-level", default="INFO")
+
+
+def _add_step_flags(p: argparse.ArgumentParser, name: str, step: Step) -> None:
+    if step.inputs:
+        g = p.add_argument_group(f"{name} inputs")
+        for i in step.inputs:
+            if i.many:
+                g.add_argument(i.name, nargs="+", help=i.help)
+            else:
+                g.add_argument(_flag(i.name), dest=f"input_{i.name}", metavar=i.name.upper(), required=i.required,
+                               default=None, help=i.help)
+    _add_common(p)
+    by_name = {f.name: f for f in fields(Config)}
+    for section in step.sections:
+        g = p.add_argument_group(f"{section} settings")
+        for field_name in SECTIONS[section]:
+            if field_name in step.config:
+                _add_field(g, by_name[field_name])
+    for f in fields(Config):  # accepted everywhere, listed by `srgan config --help`
+        if f.name not in step.config:
+            _add_field(p, f, hidden=True)
+    if step.out:
+        p.add_argument("--out", dest=step.out, default=None, help=f"same as {_flag(step.out)}")
+    for short, target in HIDDEN_ALIASES.get(name, {}).items():
+        p.add_argument(f"--{short}", dest=target, default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="srgan", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, step in STEPS.items():
+        p = sub.add_parser(name, help=step.help, description=step.help)
+        _add_step_flags(p, name, step)
+    p = sub.add_parser("config", help="print the resolved configuration (YAML); --help lists every field",
+                       description="Every Config field, by section. Each is a flag of every step, a YAML key of "
+                                   "--config files and a key of KFP's config_overrides.")
+    _add_common(p)
+    by_name = {f.name: f for f in fields(Config)}
+    for section, names in SECTIONS.items():
+        g = p.add_argument_group(f"{section} settings")
+        for field_name in names:
+            _add_field(g, by_name[field_name])
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -50,105 +94,38 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(args.preset or None, args.config or None, overrides)
 
 
-def _cmd_ingest(cfg: Config, args: argparse.Namespace) -> int:
-    from srcore.workflow import ingest_step
-
-    manifest = ingest_step(cfg)
-    log.info("ingest output %s: %s", cfg.data_dir, json.dumps(manifest["counts"]))
-    return 0
-
-
-def _cmd_train(cfg: Config, args: argparse.Namespace) -> int:
-    from srcore.train import train
-
-    result = train(cfg)
-    log.info("generator %s, MLflow model %s (run %s)", result.generator_path, result.model_uri, result.run_id)
-    return 0
-
-
-def _cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
-    from srcore.evaluate import evaluate
-
-    evaluate(cfg, args.model)
-    return 0
-
-
-def _cmd_register(cfg: Config, args: argparse.Namespace) -> int:
-    from srcore.workflow import register_step
-
-    result = register_step(cfg, args.model_uri, args.metrics)
-    log.info("registered %s version %s; champion: %s (%s)", result.name, result.version, result.champion, result.reason)
-    return 0
-
-
-def _cmd_upscale(cfg: Config, args: argparse.Namespace) -> int:
-    from srcore.upscale import upscale_files
-
-    # --scale is only a sanity check against the model's own factor when given explicitly
-    scale = int(args.scale) if args.scale else None
-    outputs = upscale_files(args.model, args.inputs, args.out, scale=scale, tile=args.tile)
-    log.info("wrote %d image(s) to %s", len(outputs), args.out)
-    return 0 if outputs else 1
-
-
-def _cmd_main(cfg: Config, args: argparse.Namespace) -> int:
-    from srcore.workflow import run_main
-
-    run_main(cfg)
-    return 0
-
-
-COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], int], str]] = {
-    "ingest": (_cmd_ingest, "select, center-crop and split images into train shards + test PNGs"),
-    "train": (_cmd_train, "train (or resume) the SRGAN; logs to MLflow"),
-    "evaluate": (_cmd_evaluate, "PSNR/SSIM/LPIPS on the test split, sample grids"),
-    "register": (_cmd_register, "register a model version; promote to champion if it beats the current one"),
-    "upscale": (_cmd_upscale, "upscale image files x4 with a generator"),
-    "main": (_cmd_main, "ingest -> train -> evaluate -> register as one MLflow parent run"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="srgan", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        _add_config_flags(p, name)
-        if name == "evaluate":
-            p.add_argument("--model", required=True, help=".keras path, runs:/ or models:/name@alias URI, or 'bicubic'")
-        if name == "register":
-            p.add_argument("--model-uri", required=True, help="MLflow model URI to register")
-            p.add_argument("--metrics", required=True, help="metrics.json written by `srgan evaluate`")
-        if name == "upscale":
-            p.add_argument("--model", required=True, help=".keras path or MLflow model URI")
-            p.add_argument("inputs", nargs="+", help="image files")
-            p.add_argument("--out", required=True, help="output folder")
-            p.add_argument("--tile", type=int, default=None, help="LR tile size for bounded memory")
-    return parser
+def _result_line(outputs: dict) -> str:
+    return json.dumps({k: v for k, v in outputs.items() if k != "config_json"}, default=str)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    tracking.configure_logging(args.log_level)
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:
         parser.exit(2, f"srgan {args.command}: {exc}\n")
-    handler, _ = COMMANDS[args.command]
+    if args.command == "config":
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    step = STEPS[args.command]
+    inputs = {i.name: getattr(args, i.name if i.many else f"input_{i.name}") for i in step.inputs}
     try:
-        return handler(cfg, args)
+        outputs = run(args.command, cfg, **inputs)
     except ConfigError as exc:
-        log.error("%s", exc)
+        log.error("srgan %s: %s", args.command, exc)
         return 2
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         log.error("srgan %s failed: %s", args.command, exc)
         log.debug("traceback", exc_info=True)
         return 1
+    print(_result_line(outputs))
+    if args.command == "upscale" and not outputs["outputs"]:
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ without clobbering the preset.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import types
@@ -35,7 +36,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argpa
 @dataclass
 class Config:
     # ---- data source and ingest -------------------------------------------------
-    source: str = _f("demo", "CelebA img_align_celeba.zip, a directory of images, an http(s) URL of a zip, or 'demo' (offline smoke images)")
+    source: str = _f("", "CelebA img_align_celeba.zip, a directory of images, an http(s) URL of a zip, or 'demo' (synthetic smoke images; only when asked for)")
     data_dir: str = _f("data/celeba-128", "ingest output: train shards, test PNGs, manifest.json")
     limit: int = _f(10661, "use the first N images sorted by name (the seed used 10661)")
     test_count: int = _f(500, "the last N selected images form the test split")
@@ -285,3 +286,76 @@ def build_config(
 
 def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---- sections: which step a field belongs to (CLI help groups, MLproject, docs) ----------
+# Every Config field is listed in exactly one section (tests/test_config.py checks it):
+# a new field fails that test until it is placed here.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "data": ("source", "data_dir", "limit", "test_count", "showcase_count", "partition_file", "sha256", "cache_dir",
+             "shard_size", "workers", "max_pixels", "max_file_bytes", "follow_symlinks", "force"),
+    "input": ("hr_size", "scale", "antialias", "augment", "aug_flip", "aug_color", "shuffle_buffer", "seed",
+              "patch_size", "val_count"),
+    "model": ("gen_filters", "gen_blocks", "gen_init_scale", "gen_bicubic_skip", "disc_filters", "disc_flatten"),
+    "loss": ("content_loss", "gan_loss", "adv_weight", "pixel_weight", "vgg_weights"),
+    "train": ("batch_size", "epochs", "pretrain_epochs", "steps_per_epoch", "learning_rate", "pretrain_learning_rate",
+              "lr_schedule", "beta_1", "beta_2", "epsilon", "precision", "jit_compile", "require_gpu",
+              "checkpoint_every", "keep_checkpoints", "log_every_steps", "eval_every", "eval_images", "model_dir"),
+    "evaluate": ("crop_border", "eval_dir"),
+    "register": ("registered_model_name", "gate_metric", "gate_mode", "gate_min_gain"),
+    "tracking": ("experiment_name", "run_name"),
+    "serve": ("serve_max_pixels", "serve_max_batch", "serve_min_tile", "serve_max_tile", "serve_max_seconds"),
+    "export": ("export_version",),
+    "deploy": ("deploy_namespace", "deploy_service_name", "deploy_storage_uri", "deploy_gpus", "deploy_cpu",
+               "deploy_memory", "deploy_concurrency", "deploy_runtime_version", "deploy_wait_seconds"),
+    "sweep": ("sweep_metric",),
+}
+
+
+def section_fields(*sections: str) -> list[str]:
+    """The Config fields of `sections`, in section order."""
+    return [name for section in sections for name in SECTIONS[section]]
+
+
+NO_SOURCE_HELP = (
+    "no source: pass --source /path/to/img_align_celeba.zip (or a folder of CelebA JPEGs, or an https URL of the "
+    "zip; get it from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html), or source=demo with preset=smoke for "
+    "synthetic smoke-test images"
+)
+
+
+def require_source(cfg: Config) -> None:
+    """Refuse to start without a real source: synthetic `demo` images only when asked for.
+
+    Called by the ingest step, `srgan main` and the pipeline's submit/run-local preflight,
+    before any work, so that no run silently trains on synthetic images."""
+    if not cfg.source.strip():
+        raise ConfigError(f"invalid parameter source='': {NO_SOURCE_HELP}")
+
+
+def config_to_json(cfg: Config) -> str:
+    """The resolved Config as the one JSON string that travels between pipeline steps."""
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def config_from_json(config_json: str, overrides: str | Mapping[str, Any] | None = None) -> Config:
+    """A Config from `config_to_json` output, with `overrides` (a JSON object or mapping
+    of Config fields; '' = none) applied on top."""
+    base = json_object("config_json", config_json)
+    if not base:
+        raise ConfigError("config_json is empty: pass the config_json output of the ingest (or train) step")
+    return apply_overrides(apply_overrides(Config(), base), json_object("overrides", overrides))
+
+
+def json_object(name: str, value: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{name} must be a JSON object of Config field -> value: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name} must be a JSON object of Config field -> value, got {type(data).__name__}")
+    return data

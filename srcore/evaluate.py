@@ -218,10 +218,12 @@ def describe(cfg: Config, lpips_note: str) -> dict[str, Any]:
 
 
 def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
-             out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+             out_dir: str | os.PathLike | None = None, logged_model: str | None = None) -> dict[str, Any]:
     """Evaluate `model` (.keras path, runs:/ or models:/ URI, or 'bicubic') on the test
     split of `data_dir` (default cfg.data_dir); write metrics.json, per_image.csv and
-    grids to `out_dir` (default cfg.eval_dir); log it all to MLflow. Returns metrics.json."""
+    grids to `out_dir` (default cfg.eval_dir); log it all to MLflow, the metrics also on
+    the MLflow 3 LoggedModel of `logged_model` (default: `model` when it is a models:/
+    URI) so that the Models tab compares models. Returns metrics.json."""
     from srcore.tracking import step_run
 
     data_dir = Path(data_dir or cfg.data_dir).expanduser()
@@ -245,7 +247,7 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
         }
         grid = sample_grid(grid_rows) if grid_rows else None
         files = _write_outputs(out_dir, result, rows, grid, grid_rows)
-        _log_to_mlflow(result, summary, files, grid)
+        _log_to_mlflow(result, summary, files, grid, logged_model or (model if isinstance(model, str) else ""))
     log.info("evaluated %s on %d test images: %s", label, len(rows),
              ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("gain")))
     return result
@@ -285,13 +287,18 @@ def _write_outputs(out_dir: Path, result: dict[str, Any], rows: Sequence[dict[st
 
 
 def _log_to_mlflow(result: dict[str, Any], summary: dict[str, float], files: Sequence[Path],
-                   grid: Image.Image | None) -> None:
+                   grid: Image.Image | None, model_uri: str = "") -> None:
     import mlflow
+
+    from srcore.tracking import logged_model_id
 
     finite = {k: v for k, v in summary.items() if math.isfinite(v)}
     if len(finite) < len(summary):
         log.warning("not logging non-finite metrics to MLflow: %s", sorted(set(summary) - set(finite)))
     mlflow.log_metrics(finite)
+    model_id = logged_model_id(model_uri)
+    if model_id:
+        mlflow.log_metrics(finite, model_id=model_id)
     how = result["how"]
     mlflow.set_tags({
         **{f"metric.{k}": str(how[k]) for k in ("crop_border", "data_range", "rounding", "y", "degradation", "lpips")},

@@ -1,15 +1,24 @@
-"""MLflow run resolution and logging helpers shared by every step.
+"""The one MLflow protocol of every step: which run a step logs into, and the pipeline's parent run.
 
-Which run a step logs into, in order:
+Which run `step_run(cfg, step)` logs into, in order:
 1. `resume_run_id` (training resume: the run stored beside the checkpoints);
-2. a run already active in this process (`srgan main` started the parent): a nested
+2. a run already active in this process (`srgan main` opened the parent): a nested
    child run named after the step;
-3. `MLFLOW_RUN_ID` in the environment (set by `mlflow run` and by KFP's MLflow plugin,
-   which also creates the parent/child structure itself): log into exactly that run
-   and create none;
-4. `SRGAN_PARENT_RUN_ID` (KFP without the plugin: the pipeline's first step created
-   the parent run and handed its id down): a child run of it;
+3. `MLFLOW_RUN_ID` set by KFP's MLflow plugin (which creates the parent/child structure
+   itself): log into exactly that run and create none;
+4. a pipeline parent joined with `join_parent` (the KFP glue does this): a child of it;
 5. otherwise a new run in `cfg.experiment_name`.
+
+`mlflow run` also sets `MLFLOW_RUN_ID`, for a run it created in the experiment of its own
+`--experiment-name` (the `Default` one unless given) with every MLproject parameter
+logged as given, '' included. That run is a *launcher*: srgan leaves it empty apart from
+a link tag and opens its own runs in `cfg.experiment_name`, so `mlflow run .` lands in
+`srgan-celeba` with the resolved values, like every other path.
+
+Pipeline parent runs (KFP without the plugin): the first step opens one with
+`open_parent` (status RUNNING, tagged with the KFP run id), every step joins it with
+`join_parent`, and the pipeline's exit task ends it with `finish_parent`: FAILED when a
+step failed, FINISHED otherwise.
 
 The tracking URI comes from `MLFLOW_TRACKING_URI`, else MLflow's local default.
 """
@@ -29,54 +38,27 @@ from srcore.config import Config
 
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "SRGAN_PARENT_RUN_ID"
 PARENT_TAG = "mlflow.parentRunId"
+STEP_TAG = "srgan.step"
+KFP_RUN_TAG = "srgan.kfp_run_id"
+LAUNCHER_TAG = "srgan.launcher_run_id"
+PROJECT_ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run` on the run it creates
+PARAM_LIMIT = 6000  # MLflow's limit on a param value
+
+_state: dict[str, str] = {"parent": "", "launcher": ""}
 
 
-def _ensure_experiment(cfg: Config) -> str:
-    env_exp = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if env_exp:
-        return env_exp
-    exp = mlflow.set_experiment(cfg.experiment_name)
-    return exp.experiment_id
+# ---- process setup -------------------------------------------------------------------
 
-
-@contextlib.contextmanager
-def step_run(cfg: Config, step: str, resume_run_id: str | None = None, log_config: bool = True) -> Iterator[mlflow.ActiveRun]:
-    """Context manager yielding the active MLflow run for `step` (see module doc)."""
-    active = mlflow.active_run()
-    if resume_run_id:
-        if active and active.info.run_id != resume_run_id:
-            # `main` opened a child for this step, but training resumes its old run
-            ctx = mlflow.start_run(run_id=resume_run_id, nested=True)
-        elif active:
-            ctx = contextlib.nullcontext(active)
-        else:
-            ctx = mlflow.start_run(run_id=resume_run_id)
-    elif active:
-        ctx = mlflow.start_run(run_name=step, nested=True, tags=_step_tags(step))
-    elif os.environ.get("MLFLOW_RUN_ID"):
-        ctx = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
-    elif os.environ.get(PARENT_ENV):
-        exp = _ensure_experiment(cfg)
-        tags = {**_step_tags(step), PARENT_TAG: os.environ[PARENT_ENV]}
-        ctx = mlflow.start_run(experiment_id=exp, run_name=step, tags=tags)
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """The one logging setup of every entry point (CLI, KFP components)."""
+    if isinstance(level, str):
+        level = getattr(logging, level.upper(), logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     else:
-        exp = _ensure_experiment(cfg)
-        ctx = mlflow.start_run(experiment_id=exp, run_name=cfg.run_name or step, tags=_step_tags(step))
-    with ctx as run:
-        if log_config and not resume_run_id:
-            log_params(cfg.to_dict())
-        yield run
-
-
-def _step_tags(step: str) -> dict[str, str]:
-    tags = {"srgan.step": step}
-    commit = git_commit()
-    if commit:
-        tags["git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
-    return tags
+        logging.getLogger().setLevel(level)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ banner out of our logs
 
 
 def git_commit() -> str | None:
@@ -92,20 +74,192 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log params, skipping keys that already hold the same value (resume, reruns)."""
-    run = mlflow.active_run()
-    if run is None:
+def run_tags(step: str) -> dict[str, str]:
+    tags = {STEP_TAG: step}
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def experiment_id(cfg: Config) -> str:
+    """The id of `cfg.experiment_name`, created when missing (the one experiment lookup)."""
+    return mlflow.set_experiment(cfg.experiment_name).experiment_id
+
+
+def run_name(cfg: Config, step: str = "") -> str:
+    """`cfg.run_name`, else a name that tells runs apart in a table, e.g.
+    `celeba e60 vgg19_54 bs30` for a parent, `train celeba e60 vgg19_54 bs30` for a step."""
+    if cfg.run_name:
+        return f"{step} {cfg.run_name}" if step else cfg.run_name
+    source = cfg.source.rstrip("/")
+    label = "demo" if source == "demo" else (Path(source).stem.replace("img_align_", "") if source else "data")
+    pre = f"p{cfg.pretrain_epochs}+" if cfg.pretrain_epochs else ""
+    name = f"{label} {pre}e{cfg.epochs} {cfg.content_loss} bs{cfg.batch_size}"
+    return f"{step} {name}" if step else name
+
+
+# ---- params --------------------------------------------------------------------------
+
+def param_value(v: Any) -> str:
+    return str(v)[:PARAM_LIMIT]
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """The resolved Config as run params; empty values are left out (a '' param says nothing)."""
+    return {k: param_value(v) for k, v in cfg.to_dict().items() if v is not None and str(v) != ""}
+
+
+def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log params into `run_id` (default: the active run), skipping keys already there
+    (resume, reruns): MLflow params are immutable, so a differing value is warned about."""
+    run_id = run_id or (mlflow.active_run().info.run_id if mlflow.active_run() else None)
+    if run_id is None:
         return
-    existing = mlflow.get_run(run.info.run_id).data.params
-    fresh = {k: _param(v) for k, v in params.items() if k not in existing}
-    changed = {k: (existing[k], _param(v)) for k, v in params.items() if k in existing and existing[k] != _param(v)}
+    client = mlflow.MlflowClient()
+    existing = client.get_run(run_id).data.params
+    values = {k: param_value(v) for k, v in params.items()}
+    fresh = [mlflow.entities.Param(k, v) for k, v in values.items() if k not in existing]
+    changed = {k: (existing[k], v) for k, v in values.items() if k in existing and existing[k] != v}
     if changed:
-        # MLflow params are immutable; record the difference instead of failing
-        log.warning("run %s already has different params %s; keeping the originals", run.info.run_id, changed)
-    if fresh:
-        mlflow.log_params(fresh)
+        log.warning("run %s already has different params %s; keeping the originals", run_id, changed)
+    for i in range(0, len(fresh), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=fresh[i:i + 100])
 
 
-def _param(v: Any) -> str:
-    return str(v)[:6000]
+# ---- which run a step logs into ------------------------------------------------------
+
+def plugin_run_id() -> str:
+    """The run KFP's MLflow plugin created for this task ('' when none; see module doc)."""
+    _detach_launcher()
+    return os.environ.get("MLFLOW_RUN_ID", "")
+
+
+def _detach_launcher() -> None:
+    """A run `mlflow run` created is a launcher, not ours to log into (module doc)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID", "")
+    if not run_id or _state["launcher"] == run_id:
+        return
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return
+    if PROJECT_ENTRY_POINT_TAG in run.data.tags:
+        _state["launcher"] = run_id
+        # start_run() would otherwise resume it; MLFLOW_EXPERIMENT_ID names its experiment
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        log.info("run %s was created by `mlflow run`: logging into experiment runs of our own instead", run_id)
+
+
+def _link_launcher(run_id: str) -> dict[str, str]:
+    launcher = _state["launcher"]
+    if not launcher:
+        return {}
+    client = mlflow.MlflowClient()
+    client.set_tag(launcher, "srgan.run_id", run_id)
+    client.set_tag(launcher, "mlflow.note.content",
+                   f"Launcher of `mlflow run`. The job's runs are in MLflow run {run_id} and its children.")
+    _state["launcher"] = ""  # the first run we open is the one linked
+    return {LAUNCHER_TAG: launcher}
+
+
+def join_parent(parent_run_id: str) -> None:
+    """Steps of this process become children of `parent_run_id` (the KFP glue calls this)."""
+    _state["parent"] = parent_run_id
+
+
+@contextlib.contextmanager
+def step_run(cfg: Config, step: str, resume_run_id: str | None = None, log_config: bool = True) -> Iterator[mlflow.ActiveRun]:
+    """Context manager yielding the active MLflow run for `step` (see module doc)."""
+    active = mlflow.active_run()
+    if resume_run_id:
+        if active and active.info.run_id != resume_run_id:
+            # `main` opened a child for this step, but training resumes its old run
+            ctx = mlflow.start_run(run_id=resume_run_id, nested=True)
+        elif active:
+            ctx = contextlib.nullcontext(active)
+        else:
+            ctx = mlflow.start_run(run_id=resume_run_id)
+    elif active:
+        ctx = mlflow.start_run(run_name=run_name(cfg, step), nested=True, tags=run_tags(step))
+    elif plugin_run_id():
+        ctx = mlflow.start_run(run_id=plugin_run_id())
+    elif _state["parent"]:
+        parent = mlflow.MlflowClient().get_run(_state["parent"])
+        tags = {**run_tags(step), PARENT_TAG: parent.info.run_id}
+        ctx = mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=run_name(cfg, step), tags=tags)
+    else:
+        ctx = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(cfg, step), tags=run_tags(step))
+    with ctx as run:
+        if not resume_run_id:
+            mlflow.set_tags(_link_launcher(run.info.run_id))
+            if log_config:
+                log_params(config_params(cfg))
+        yield run
+
+
+@contextlib.contextmanager
+def main_run(cfg: Config) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of `srgan main` (and `mlflow run .`): every step below is its child."""
+    _detach_launcher()
+    if plugin_run_id():
+        ctx = mlflow.start_run(run_id=plugin_run_id())
+    else:
+        ctx = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(cfg), tags=run_tags("main"))
+    with ctx as run:
+        mlflow.set_tags(_link_launcher(run.info.run_id))
+        log_params(config_params(cfg))
+        yield run
+
+
+# ---- pipeline parent run (KFP without the plugin) ------------------------------------
+
+def open_parent(cfg: Config, pipeline_run_id: str = "") -> str:
+    """A RUNNING parent run for one pipeline run, holding the resolved Config; returns its id.
+    It stays RUNNING until `finish_parent` (the pipeline's exit task)."""
+    client = mlflow.MlflowClient()
+    tags = run_tags("pipeline")
+    if pipeline_run_id:
+        tags[KFP_RUN_TAG] = pipeline_run_id
+    run = client.create_run(experiment_id(cfg), run_name=run_name(cfg), tags=tags)
+    log_params(config_params(cfg), run.info.run_id)
+    log.info("opened parent run %s in experiment %s", run.info.run_id, cfg.experiment_name)
+    return run.info.run_id
+
+
+def finish_parent(pipeline_run_id: str, failed: bool, detail: str = "") -> list[str]:
+    """End the parent run(s) of KFP run `pipeline_run_id`: FAILED or FINISHED. Returns their ids."""
+    if not pipeline_run_id:
+        return []
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.`{KFP_RUN_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'")
+    status = "FAILED" if failed else "FINISHED"
+    for run in runs:
+        if detail:
+            client.set_tag(run.info.run_id, "srgan.pipeline_status", detail[:PARAM_LIMIT])
+        client.set_terminated(run.info.run_id, status=status)
+        log.info("parent run %s of KFP run %s ended %s", run.info.run_id, pipeline_run_id, status)
+    return [r.info.run_id for r in runs]
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The MLflow 3 LoggedModel id behind `model_uri` (`models:/m-...`, `models:/name/1`,
+    `models:/name@alias`), else None (a file path, `runs:/`, bicubic)."""
+    if not model_uri.startswith("models:/"):
+        return None
+    ref = model_uri[len("models:/"):].split("/", 1)
+    if ref[0].startswith("m-") and len(ref) == 1:
+        return ref[0]
+    client = mlflow.MlflowClient()
+    try:
+        if "@" in ref[0]:
+            name, alias = ref[0].split("@", 1)
+            return client.get_model_version_by_alias(name, alias).model_id
+        if len(ref) == 2:
+            return client.get_model_version(ref[0], ref[1]).model_id
+    except mlflow.exceptions.MlflowException as e:
+        log.warning("cannot resolve the logged model of %s: %s", model_uri, e)
+    return None

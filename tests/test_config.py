@@ -7,7 +7,8 @@ from srcore.config import PRESETS, Config, ConfigError, build_config
 def test_defaults_are_the_seed_recipe():
     cfg = Config()
     assert (cfg.batch_size, cfg.learning_rate, cfg.adv_weight, cfg.limit) == (30, 1e-4, 1e-3, 10661)
-    assert (cfg.gen_filters, cfg.gen_blocks, cfg.content_loss) == (64, 16, "vgg19_54")
+    # content loss "auto": the seed's VGG19 5_4 when its weights are at hand (issue 12)
+    assert (cfg.gen_filters, cfg.gen_blocks, cfg.content_loss) == (64, 16, "auto")
     assert build_config("seed") == cfg
 
 

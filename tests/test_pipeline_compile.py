@@ -1,5 +1,5 @@
-"""The compiled Kubeflow pipeline: tasks, edges, resources, platform config, no secrets;
-and the srcore glue the components call (srcore.steps_env)."""
+"""The compiled Kubeflow pipeline: tasks, edges, resources, platform config, volume, retry,
+exit handler, no secrets; and the srcore glue the components call (srcore.kfp_glue)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STEPS = ("ingest", "train", "evaluate", "register")
+STEPS = {"ingest", "train", "evaluate", "register"}
 SECRET_VALUES = {"MLFLOW_TRACKING_USERNAME": "user-d0-not-leak", "MLFLOW_TRACKING_PASSWORD": "pw-d0-not-leak",
                  "KFP_TOKEN": "token-d0-not-leak"}
 
@@ -46,7 +46,12 @@ def compiled(tmp_path_factory):
 
 
 def _tasks(spec: dict) -> dict:
-    return spec["root"]["dag"]["tasks"]
+    """The step tasks: inside the exit handler's DAG on a cluster build, else at the root."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for name, task in list(tasks.items()):
+        if name.startswith("exit-handler"):
+            tasks.update(spec["components"][task["componentRef"]["name"]]["dag"]["tasks"])
+    return {k: v for k, v in tasks.items() if k in STEPS}
 
 
 def _executors(spec: dict) -> dict:
@@ -62,15 +67,19 @@ def test_four_tasks_and_edges(compiled):
     assert "ingest" in deps["train"]
     assert "train" in deps["evaluate"]
     assert "evaluate" in deps["register"]
-    # the data flows as artifacts, the model URI and parent run as parameters
+    # artifacts (small pointers to the volume) for lineage; the Config, model URI and parent run as parameters
     assert tasks["train"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"] == {
         "outputArtifactKey": "dataset", "producerTask": "ingest"}
     assert tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == "train"
     assert tasks["register"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == "evaluate"
     reg_params = tasks["register"]["inputs"]["parameters"]
     assert reg_params["model_uri"]["taskOutputParameter"] == {"outputParameterKey": "model_uri", "producerTask": "train"}
-    assert reg_params["parent_run_id"]["taskOutputParameter"]["producerTask"] == "train"
+    assert reg_params["parent_run_id"]["taskOutputParameter"]["producerTask"] == "ingest"
     assert tasks["train"]["inputs"]["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "ingest"
+    # the resolved Config travels once: ingest -> train -> evaluate, register
+    config_from = {name: t["inputs"]["parameters"]["config_json"]["taskOutputParameter"]["producerTask"]
+                   for name, t in tasks.items() if name != "ingest"}
+    assert config_from == {"train": "ingest", "evaluate": "train", "register": "train"}
 
 
 def test_typed_artifacts(compiled):
@@ -98,17 +107,18 @@ def test_pipeline_parameters(compiled):
     spec, _, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     expected = {"source", "limit", "test_count", "epochs", "pretrain_epochs", "batch_size", "content_loss", "preset",
-                "mlflow_tracking_uri", "experiment_name", "registered_model_name", "config_overrides"}
+                "mlflow_tracking_uri", "experiment_name", "registered_model_name", "config_overrides", "require_gpu",
+                "volume_root", "checkpoint_dir", "pvc_name", "pvc_size", "storage_class", "delete_pvc"}
     assert set(params) == expected
     assert all(p["parameterType"] == "STRING" for p in params.values())
     assert params["preset"]["defaultValue"] == "seed"
     assert params["epochs"]["defaultValue"] == ""  # '' = the preset decides
-    for comp in (f"comp-{s}" for s in STEPS):
-        inputs = spec["components"][comp]["inputDefinitions"]["parameters"]
-        assert {"preset", "config_overrides", "mlflow_tracking_uri", "experiment_name", "parent_run_id"} <= set(inputs)
-    # ingest sees only what shapes the data (its cache survives training changes)
-    ingest_inputs = set(spec["components"]["comp-ingest"]["inputDefinitions"]["parameters"])
-    assert not ({"epochs", "batch_size", "pipeline_run_id"} & ingest_inputs)
+    assert params["require_gpu"]["defaultValue"] == "true" and params["volume_root"]["defaultValue"] == "/mnt/srgan"
+    # after ingest, no step repeats the Config parameters: config_json carries them
+    for comp in (f"comp-{s}" for s in STEPS - {"ingest"}):
+        inputs = set(spec["components"][comp]["inputDefinitions"]["parameters"])
+        assert {"config_json", "mlflow_tracking_uri", "parent_run_id"} <= inputs
+        assert not ({"preset", "config_overrides", "epochs", "source", "experiment_name"} & inputs), comp
 
 
 def test_one_image_lightweight_components(compiled):
@@ -169,12 +179,13 @@ def test_no_secret_values_in_yaml(compiled):
 def test_cache_and_retry(compiled):
     spec, _, _ = compiled
     tasks = _tasks(spec)
-    assert tasks["ingest"]["cachingOptions"].get("enableCache") is True
-    for step in ("train", "evaluate", "register"):
+    # ingest opens the run's MLflow parent, so it is never cached; re-ingest on the
+    # volume is a no-op when the manifest matches
+    for step in STEPS:
         assert not tasks[step]["cachingOptions"].get("enableCache"), step
     assert tasks["ingest"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["register"]["retryPolicy"]["maxRetryCount"] == 3
-    assert "retryPolicy" not in tasks["train"]
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2  # resumes from its checkpoints on the volume
 
 
 def test_local_build_has_no_platform_config(tmp_path):
@@ -217,32 +228,74 @@ def test_cli_compile_writes_yaml(tmp_path):
     from pipeline.__main__ import main
 
     out = tmp_path / "srgan_pipeline.yaml"
-    assert main(["compile", "--out", str(out)]) == 0
+    assert main(["compile", "--image", "registry.example/srgan:abc", "--out", str(out)]) == 0
     assert next(yaml.safe_load_all(out.read_text()))["pipelineInfo"]["name"] == "srgan-celeba"
 
 
-# ---- srcore.steps_env: the glue inside the components ---------------------------------
+def test_volume_retry_gpu_and_exit_handler_in_compiled_ir(tmp_path):
+    """`python -m pipeline compile --image example.org/srgan:abc --out p.yaml` (issue 10's check)."""
+    out = tmp_path / "p.yaml"
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "compile", "--image", "example.org/srgan:abc", "--out",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec, platform_doc = list(yaml.safe_load_all(out.read_text()))[:2]
+    executors = platform_doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for step in ("ingest", "train", "evaluate"):
+        (mount,) = executors[f"exec-{step}"]["pvcMount"]
+        assert mount["mountPath"] == "/mnt/srgan"
+        assert mount["pvcNameParameter"]["componentInputParameter"] == "pipelinechannel--pvc_name"
+    assert "pvcMount" not in executors["exec-register"]  # reads nothing from the volume
+    assert int(executors["exec-train"]["activeDeadlineSeconds"]) > 0  # timeout
+    tasks = _tasks(spec)
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    assert spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"][
+        "resourceType"] == "nvidia.com/gpu"
+    root = spec["root"]["dag"]["tasks"]
+    handlers = [name for name in root if name.startswith("exit-handler")]
+    assert handlers and set(_tasks(spec)) == STEPS
+    finish = root["finish"]
+    assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert finish["dependentTasks"] == handlers
+    status_inputs = spec["components"]["comp-finish"]["inputDefinitions"]["parameters"]
+    assert status_inputs["status"]["parameterType"] == "TASK_FINAL_STATUS"
+    assert root["finish"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == \
+        "{{$.pipeline_job_uuid}}"
 
-def test_step_config_layers():
+
+def test_created_claim_is_mounted_and_deleted_on_request(tmp_path):
+    from pipeline.dag import ClusterSettings
+
+    spec, platform, _ = _compile(tmp_path, settings=ClusterSettings(create_pvc=True))
+    mount = platform["exec-train"]["pvcMount"][0]
+    # the claim created before the exit handler, handed into it
+    assert mount["pvcNameParameter"]["componentInputParameter"] == "pipelinechannel--createpvc-name"
+    assert "createpvc" in spec["root"]["dag"]["tasks"]
+    text = yaml.safe_dump(spec)
+    assert "deletepvc" in text and "delete_pvc" in text
+
+
+# ---- srcore.kfp_glue: the glue inside the components ---------------------------------
+
+def test_pipeline_config_layers():
     from srcore.config import ConfigError
-    from srcore.steps_env import step_config
+    from srcore.kfp_glue import pipeline_config
 
-    cfg = step_config("smoke", json.dumps({"epochs": 5, "gen_blocks": 3}), epochs="", batch_size="4", limit=None)
+    cfg = pipeline_config("smoke", json.dumps({"epochs": 5, "gen_blocks": 3}), epochs="", batch_size="4", limit=None)
     assert (cfg.epochs, cfg.gen_blocks, cfg.batch_size, cfg.limit) == (5, 3, 4, 48)
-    assert step_config("smoke", '{"epochs": 5}', epochs="7").epochs == 7  # the named parameter wins
-    assert step_config("", "").epochs == 60
+    assert pipeline_config("smoke", '{"epochs": 5}', epochs="7").epochs == 7  # the named parameter wins
+    assert pipeline_config("", "", source="demo").epochs == 60
     with pytest.raises(ConfigError, match="JSON object"):
-        step_config("smoke", "[1, 2]")
+        pipeline_config("smoke", "[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
-        step_config("smoke", "{epochs: 5}")
+        pipeline_config("smoke", "{epochs: 5}")
     with pytest.raises(ConfigError, match="unknown parameter"):
-        step_config("smoke", '{"no_such_field": 1}')
+        pipeline_config("smoke", '{"no_such_field": 1}')
 
 
 def test_metrics_and_html(tmp_path):
     from PIL import Image
 
-    from srcore.steps_env import html_report, read_metrics, scalar_metrics, write_metrics
+    from srcore.kfp_glue import html_report, read_metrics, scalar_metrics, write_metrics
 
     result = {"test_psnr": 25.5, "test_ssim": 0.8, "test_lpips": None, "count": 8, "ok": True,
               "nan": float("nan"), "model": "x.keras"}
@@ -255,30 +308,39 @@ def test_metrics_and_html(tmp_path):
     assert page.count("data:image/png;base64,") == 1 and "test_psnr" in page and "25.5000" in page
 
 
-def test_prepare_step_parent_runs(tracking, monkeypatch):
-    """Without the plugin: ingest opens the parent; train claims it for its KFP run; a parent
-    handed down by a cached ingest (another KFP run's) is replaced."""
+def test_pipeline_parent_run_lifecycle(tracking, monkeypatch):
+    """Without the plugin: ingest opens a RUNNING parent tagged with the KFP run id; later
+    steps join it as children; the exit task ends it FAILED or FINISHED."""
     import mlflow
 
+    from srcore import tracking as tr
     from srcore.config import build_config
-    from srcore.steps_env import KFP_RUN_TAG, prepare_step
-    from srcore.tracking import PARENT_ENV
+    from srcore.kfp_glue import connect, finish
 
-    cfg = build_config("smoke", overrides={"experiment_name": "steps-env"})
-    monkeypatch.delenv(PARENT_ENV, raising=False)
-    parent = prepare_step(cfg, tracking)  # ingest
-    assert os.environ[PARENT_ENV] == parent
+    cfg = build_config("smoke", overrides={"experiment_name": "kfp-glue"})
     client = mlflow.tracking.MlflowClient()
-    assert KFP_RUN_TAG not in client.get_run(parent).data.tags
-    assert prepare_step(cfg, tracking, parent, "kfp-run-1") == parent  # train claims it
+    parent = connect(cfg, tracking, pipeline_run_id="kfp-run-1", first=True)  # ingest
     run = client.get_run(parent)
-    assert run.data.tags[KFP_RUN_TAG] == "kfp-run-1" and run.data.params["epochs"] == str(cfg.epochs)
-    assert prepare_step(cfg, tracking, parent, "kfp-run-1") == parent  # evaluate, register
-    fresh = prepare_step(cfg, tracking, parent, "kfp-run-2")  # cached ingest from run 1
-    assert fresh != parent and os.environ[PARENT_ENV] == fresh
-    assert client.get_run(fresh).data.tags["srgan.cached_ingest_parent_run_id"] == parent
+    assert run.info.status == "RUNNING" and run.data.tags[tr.KFP_RUN_TAG] == "kfp-run-1"
+    assert run.data.params["epochs"] == str(cfg.epochs) and "" not in run.data.params.values()
+    assert run.info.run_name == "demo p1+e2 mse bs8"
+    try:
+        assert connect(cfg, tracking, parent) == parent  # train, evaluate, register
+        with tr.step_run(cfg, "register") as child:
+            pass
+        child = client.get_run(child.info.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent and child.info.experiment_id == run.info.experiment_id
+        assert child.info.run_name == "register demo p1+e2 mse bs8"
+        assert finish(tracking, "kfp-run-1", "FAILED", "train: OOMKilled") == [parent]
+        assert client.get_run(parent).info.status == "FAILED"
+        other = connect(cfg, tracking, pipeline_run_id="kfp-run-2", first=True)
+        assert finish(tracking, "kfp-run-2", "SUCCEEDED") == [other]
+        assert client.get_run(other).info.status == "FINISHED"
+    finally:
+        tr.join_parent("")
     # KFP's MLflow plugin: nothing is created or changed
     monkeypatch.setenv("MLFLOW_RUN_ID", "plugin-run")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    assert prepare_step(cfg, "http://ignored:5000", "", "kfp-run-3") == ""
-    assert os.environ["MLFLOW_TRACKING_URI"] == tracking and os.environ[PARENT_ENV] == fresh
+    assert connect(cfg, "http://ignored:5000", "", "kfp-run-3", first=True) == ""
+    assert os.environ["MLFLOW_TRACKING_URI"] == tracking
+    assert finish("http://ignored:5000", "kfp-run-3", "FAILED") == []

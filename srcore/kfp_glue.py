@@ -1,0 +1,204 @@
+"""KFP glue: what a component needs around its step function, tested with srcore and
+run from the project's image (a lightweight component embeds only its own function body).
+
+- `pipeline_config`: the first step's parameters (preset, a JSON object of Config
+  fields, the pipeline's named parameters as strings where '' means "not given") -> the
+  one typed `Config`, with its folders placed on the shared volume. Its JSON
+  (`config_json`) then travels to every later step (`step_config`).
+- `connect`: the MLflow tracking URI and the pipeline's parent run (the protocol itself
+  is srcore.tracking's).
+- `finish`: the exit task's end of the parent run.
+- `scalar_metrics`, `write_metrics`, `read_metrics`, `html_report`: evaluation results
+  as a KFP Metrics artifact and an HTML page with the sample grid embedded.
+
+Shared volume layout (`volume_root`, /mnt/srgan on a cluster, any local folder under
+kfp.local): `data/<name>-<key>/` the ingest output (key: hash of what shapes the
+data), `cache/` downloads and weights, `runs/<KFP run id>/model/` (or `checkpoint_dir`)
+the training folder with its checkpoints, so a retried or rerun train resumes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from srcore import tracking
+from srcore.config import Config, apply_overrides, build_config, config_from_json, json_object, require_source
+
+log = logging.getLogger(__name__)
+
+# The pipeline's named Config parameters. KFP components need explicit signatures, so
+# these names are spelled out again in the pipeline (pipeline/dag.py) and in the first
+# step's component (components/ingest.py); tests/test_steps.py keeps the three equal.
+PIPELINE_CONFIG_PARAMS = ("source", "limit", "test_count", "epochs", "pretrain_epochs", "batch_size", "content_loss",
+                          "registered_model_name", "experiment_name", "require_gpu")
+# The parameters of every component after the first: the tracking connection (besides
+# config_json and the step's own inputs from srcore.steps.STEPS).
+STEP_PARAMS = ("config_json", "mlflow_tracking_uri", "parent_run_id")
+# The first step (ingest) resolves the Config from the pipeline's parameters instead.
+FIRST_STEP_PARAMS = ("preset", "config_overrides", *PIPELINE_CONFIG_PARAMS, "mlflow_tracking_uri", "pipeline_run_id",
+                     "volume_root", "checkpoint_dir")
+# Fields that decide the ingest output; their hash names its folder on the volume.
+DATA_KEY_FIELDS = ("source", "limit", "test_count", "showcase_count", "partition_file", "sha256", "hr_size",
+                   "max_pixels", "shard_size")
+
+
+# ---- configuration ---------------------------------------------------------------
+
+def pipeline_config(preset: str = "", config_overrides: str | Mapping[str, Any] | None = "", volume_root: str = "",
+                    pipeline_run_id: str = "", checkpoint_dir: str = "", **params: Any) -> Config:
+    """preset < config_overrides < named parameters ('' / None = not given); folders on
+    the volume when `volume_root` is given. Refuses a run without a source."""
+    tracking.configure_logging()
+    overrides = json_object("config_overrides", config_overrides)
+    for key, value in params.items():
+        if value is None or value == "":
+            continue
+        if key in overrides and str(overrides[key]) != str(value):
+            log.warning("parameter %s=%r overrides config_overrides' %r", key, value, overrides[key])
+        overrides[key] = value
+    cfg = build_config(preset or None, overrides=overrides)
+    require_source(cfg)
+    if volume_root:
+        cfg = on_volume(cfg, volume_root, pipeline_run_id, checkpoint_dir)
+    return cfg
+
+
+def step_config(config_json: str, overrides: str = "") -> Config:
+    """The Config a later step gets from the first step's `config_json` output."""
+    tracking.configure_logging()
+    return config_from_json(config_json, overrides)
+
+
+def data_key(cfg: Config) -> str:
+    values = {k: getattr(cfg, k) for k in DATA_KEY_FIELDS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def on_volume(cfg: Config, volume_root: str, pipeline_run_id: str = "", checkpoint_dir: str = "") -> Config:
+    """`cfg` with its folders on the shared volume (module doc); a relative source path is
+    a file on the volume. Absolute folders given explicitly are kept."""
+    root = Path(volume_root)
+    source = cfg.source
+    if source and source != "demo" and "://" not in source and not Path(source).expanduser().is_absolute():
+        source = str(root / source)
+
+    def place(current: str, default: Path) -> str:
+        return current if Path(current).is_absolute() else str(default)  # '~/...' too: the pod's home is not kept
+
+    run_dir = root / "runs" / (pipeline_run_id or "local")
+    return apply_overrides(cfg, {
+        "source": source,
+        "data_dir": place(cfg.data_dir, root / "data" / f"{Path(cfg.data_dir).name}-{data_key(cfg)}"),
+        "cache_dir": place(cfg.cache_dir, root / "cache"),
+        "model_dir": checkpoint_dir or place(cfg.model_dir, run_dir / "model"),
+        "eval_dir": place(cfg.eval_dir, run_dir / "eval"),
+    })
+
+
+# ---- tracking ----------------------------------------------------------------------
+
+def connect(cfg: Config, mlflow_tracking_uri: str = "", parent_run_id: str = "", pipeline_run_id: str = "",
+            first: bool = False) -> str:
+    """Point MLflow at the tracking server and join the pipeline's parent run, opened here
+    by the first step (`first`). Returns the parent run id ('' under KFP's MLflow plugin,
+    whose environment wins over these parameters)."""
+    tracking.configure_logging()
+    if tracking.plugin_run_id():
+        log.info("MLFLOW_RUN_ID=%s set by KFP's MLflow plugin: logging into that run", tracking.plugin_run_id())
+        return ""
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    elif not os.environ.get("MLFLOW_TRACKING_URI"):
+        log.warning("no MLflow tracking URI (parameter mlflow_tracking_uri, env MLFLOW_TRACKING_URI): "
+                    "runs and models stay inside this container")
+    parent = tracking.open_parent(cfg, pipeline_run_id) if first else parent_run_id
+    if parent:
+        tracking.join_parent(parent)
+    log.info("MLflow %s, parent run %s", os.environ.get("MLFLOW_TRACKING_URI", "(default)"), parent or "(none)")
+    return parent
+
+
+def finish(mlflow_tracking_uri: str, pipeline_run_id: str, state: str, error: str = "") -> list[str]:
+    """The exit task: end this KFP run's parent run FAILED unless every step SUCCEEDED."""
+    tracking.configure_logging()
+    if tracking.plugin_run_id():
+        return []
+    if mlflow_tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
+    failed = str(state).upper() not in ("SUCCEEDED", "SUCCESS", "FINISHED")
+    return tracking.finish_parent(pipeline_run_id, failed, f"{state} {error}".strip())
+
+
+def artifact_metadata(path: str, content_hash: str = "", **extra: Any) -> dict[str, Any]:
+    """KFP artifact metadata pointing at a folder on the volume (the artifact stays small)."""
+    return {"volume_path": str(path), **({"content_hash": content_hash} if content_hash else {}), **extra}
+
+
+def write_pointer(artifact_path: str, metadata: Mapping[str, Any]) -> None:
+    """The artifact's own file: a small JSON copy of its metadata (where the data lives)."""
+    write_metrics(artifact_path, metadata)
+
+
+# ---- evaluation outputs ----------------------------------------------------------------
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric top-level entries (what a KFP Metrics artifact can show)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(dict(metrics), indent=2, sort_keys=True, default=str))
+
+
+def read_metrics(path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics written by `write_metrics`, else the artifact's metadata (scalars only)."""
+    p = Path(path)
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s is not JSON; using the artifact metadata", p)
+    if metadata:
+        return dict(metadata)
+    raise FileNotFoundError(f"no metrics at {p} and no metrics metadata")
+
+
+def _png_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def html_report(metrics: Mapping[str, Any], out_dir: str | os.PathLike, title: str = "SRGAN x4 evaluation") -> str:
+    """A self-contained HTML page (KFP UI): metrics table and the sample grids as base64 PNGs."""
+    out = Path(out_dir)
+    rows = "\n".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{v:.4f}</td></tr>" for k, v in sorted(scalar_metrics(metrics).items())
+    )
+    grids = sorted(out.glob("grid*.png"), key=lambda p: (p.name != "grid.png", p.name))
+    images = "\n".join(f"<h3>{html.escape(p.stem)}</h3>\n{_png_tag(p, p.stem)}" for p in grids)
+    if not grids:
+        images = "<p>no sample grid was written</p>"
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title></head><body>\n"
+        f"<h2>{html.escape(title)}</h2>\n"
+        "<p>Columns of the grid: low-res input | bicubic | SR | original.</p>\n"
+        f"{images}\n<h3>metrics</h3>\n<table border=\"1\" cellpadding=\"4\">\n"
+        f"<tr><th>metric</th><th>value</th></tr>\n{rows}\n</table>\n</body></html>\n"
+    )
