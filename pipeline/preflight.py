@@ -14,7 +14,6 @@ not given) and refuses, with a message naming the parameter:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from srcore.config import Config, ConfigError, build_config, field_types, require_source
+from srcore.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +57,13 @@ def check_parameters(params: Mapping[str, Any], defaults: Mapping[str, str]) -> 
 
 
 def pipeline_config(arguments: Mapping[str, str], defaults: Mapping[str, str]) -> Config:
-    """The Config the steps will resolve from these pipeline arguments."""
+    """The Config the first step will resolve from these pipeline arguments (the same
+    function: srcore.kfp_glue.pipeline_config), refusing a run without a source."""
+    from srcore import kfp_glue
+
     values = {**defaults, **arguments}
-    overrides = _json_object("config_overrides", values.get("config_overrides", ""))
-    fields = field_types()
-    named = {k: v for k, v in values.items() if k in fields and v not in ("", None)}
-    return build_config(values.get("preset") or None, overrides={**overrides, **named})
+    named = {k: values.get(k, "") for k in kfp_glue.PIPELINE_CONFIG_PARAMS}
+    return kfp_glue.pipeline_config(values.get("preset", ""), values.get("config_overrides", ""), **named)
 
 
 def check_run(params: Mapping[str, Any], defaults: Mapping[str, str], cluster: bool,
@@ -72,7 +72,6 @@ def check_run(params: Mapping[str, Any], defaults: Mapping[str, str], cluster: b
     parameter and what to do."""
     arguments = check_parameters(params, defaults)
     cfg = pipeline_config(arguments, defaults)
-    require_source(cfg)
     if cluster:
         _check_tracking(arguments.get(TRACKING_PARAM) or defaults.get(TRACKING_PARAM, ""), mlflow_plugin)
     log.info("preflight ok: preset %s, source %s, %d pretrain + %d GAN epochs", arguments.get("preset")
@@ -97,16 +96,3 @@ def _check_tracking(uri: str, mlflow_plugin: bool | None) -> None:
     if uri.strip().startswith(LOCAL_SCHEMES):
         log.warning("%s=%s is a local store: each pod would write its own copy, and nothing reaches a shared "
                     "registry", TRACKING_PARAM, uri)
-
-
-def _json_object(name: str, value: str) -> dict[str, Any]:
-    if not value:
-        return {}
-    try:
-        data = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"invalid parameter {name}: a JSON object of Config field -> value expected ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid parameter {name}: a JSON object of Config field -> value expected, "
-                          f"got {type(data).__name__}")
-    return data
