@@ -113,6 +113,19 @@ class Config:
     serve_max_tile: int = _f(256, "served model: largest tile a request may ask for")
     serve_max_seconds: float = _f(120.0, "served model: give up a request after this many seconds of work")
 
+    # ---- export, KServe deploy and sweeps (srcore/export.py, deploy.py, sweep.py) -------
+    export_version: int = _f(1, "TF Serving version folder of `srgan export` (<out>/<name>/<version>/)")
+    deploy_namespace: str = _f("", "Kubernetes namespace of the InferenceService (empty = this pod's namespace, else the kube context's)")
+    deploy_service_name: str = _f("srgan-celeba", "InferenceService name (a DNS label: lowercase letters, digits, '-')")
+    deploy_storage_uri: str = _f("", "storageUri of the SavedModel (s3://, gs://, pvc://<claim>/<path>, ...); empty = the registered version's MLflow artifact")
+    deploy_gpus: int = _f(0, "GPUs per predictor replica (0 = CPU)")
+    deploy_cpu: str = _f("1", "CPU request and limit per predictor replica")
+    deploy_memory: str = _f("4Gi", "memory request and limit per predictor replica")
+    deploy_concurrency: int = _f(2, "requests one predictor replica works on at once (Knative containerConcurrency)")
+    deploy_runtime_version: str = _f("", "TF Serving image tag of the KServe runtime (empty = the cluster's default; e.g. a -gpu tag with deploy_gpus)")
+    deploy_wait_seconds: int = _f(600, "how long deploy waits for the InferenceService to become Ready")
+    sweep_metric: str = _f("test_psnr_y", "metric that picks the best trial of a sweep (better = gate_mode)")
+
     # ---- tracking -----------------------------------------------------------------
     experiment_name: str = _f("srgan-celeba", "MLflow experiment")
     run_name: str = _f("", "MLflow run name (empty = generated)")
@@ -151,6 +164,10 @@ class Config:
         need(self.max_pixels >= 1, "max_pixels", "must be a positive number of pixels")
         need(1 <= self.serve_min_tile <= self.serve_max_tile, "serve_min_tile", "must be between 1 and serve_max_tile")
         need(self.serve_max_pixels >= 1 and self.serve_max_batch >= 1, "serve_max_pixels", "serving limits must be >= 1")
+        need(self.export_version >= 1, "export_version", "must be a positive integer (TF Serving loads numeric folders)")
+        need(self.deploy_gpus >= 0, "deploy_gpus", "must be >= 0")
+        need(self.deploy_concurrency >= 0, "deploy_concurrency", "must be >= 0 (0 = no limit)")
+        need(self.deploy_wait_seconds >= 1, "deploy_wait_seconds", "must be >= 1")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices:
