@@ -309,12 +309,17 @@ def tag_version(name: str, version: str, result: DeployResult) -> None:
     client.set_model_version_tag(name, version, STORAGE_TAG, result.storage_uri)
 
 
-def deploy_step(cfg: Config, model_version: str = "", api_client: Any = None, poll_s: float = 5.0) -> dict[str, Any]:
+def deploy_step(cfg: Config, model_version: str = "", namespace: str = "", service_name: str = "",
+                api_client: Any = None, poll_s: float = 5.0) -> dict[str, Any]:
     """The `deploy` step: serve registered version `model_version` (default: the
-    champion) on KServe, tag the version with the endpoint, tracked in MLflow."""
+    champion) on KServe, tag the version with the endpoint, tracked in MLflow.
+    `namespace` / `service_name` override cfg.deploy_namespace / deploy_service_name."""
     import mlflow
 
     from srcore import tracking
+    from srcore.config import apply_overrides
+
+    cfg = apply_overrides(cfg, {"deploy_namespace": namespace, "deploy_service_name": service_name})
 
     name, version = resolve_version(cfg, model_version)
     storage_uri = storage_uri_for(cfg, name, version)

@@ -98,6 +98,31 @@ STEPS: dict[str, Step] = {
         ("outputs", "skipped"),
         "upscale image files x4 with a generator",
     ),
+    "export": Step(
+        "srcore.export:export_step", _fields("export", "serve", extra=("registered_model_name",)),
+        (Input("model", ".keras path or MLflow model URI (anything upscale takes)", required=True),
+         Input("out", "output folder: the SavedModel goes to <out>/<name>/<export_version>/", required=True),
+         Input("name", "model name folder (default: registered_model_name)")),
+        ("savedmodel_dir", "model_base_path", "name", "version", "signature", "max_pixels", "max_batch"),
+        "write a TensorFlow SavedModel (uint8 in, uint8 x4 out) in the TF Serving / KServe layout",
+    ),
+    "deploy": Step(
+        "srcore.deploy:deploy_step", _fields("deploy", "serve", "tracking", extra=("registered_model_name",)),
+        (Input("model_version", "registered version to serve (default: the champion)"),
+         # inputs as well as Config fields: KFP pipeline parameters reach a step only as inputs
+         Input("namespace", "Kubernetes namespace (default: deploy_namespace)"),
+         Input("service_name", "InferenceService name (default: deploy_service_name)")),
+        ("url", "namespace", "name", "action", "storage_uri", "generation", "registered_model_name",
+         "registered_model_version"),
+        "serve a registered version on KServe (InferenceService, TF Serving) and wait until Ready",
+    ),
+    "sweep": Step(
+        "srcore.sweep:sweep_step", tuple(section_fields(*SECTIONS)),
+        (Input("trials", "JSON file with a list of trials (objects of Config fields)", required=True),),
+        ("parent_run_id", "best_trial", "best_trial_run_id", "best_model_uri", "metric", "best_value",
+         "registered_version", "champion", "reason", "trials"),
+        "train + evaluate each trial as a child run of one sweep parent; register the best",
+    ),
     "main": Step(
         "srcore.steps:main_step", _fields("data", "input", "model", "loss", "train", "evaluate", "register", "tracking"), (),
         ("parent_run_id", "model_uri", "registered_version", "champion"),
