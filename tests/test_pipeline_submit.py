@@ -311,3 +311,12 @@ def test_upload_reuses_an_existing_version(isolated, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
         "pipeline_id": "pl-9", "pipeline_version_id": "pv-9", "version": "v1"}
     assert not [r for r in handler.requests if r["method"] == "POST"]
+
+
+def test_run_local_preflight_refuses_before_writing(isolated, caplog):
+    from pipeline.__main__ import main
+
+    root = isolated / "kfp-local"
+    assert main(["run-local", "--preset", "seed", "--root", str(root)]) == 2
+    assert not root.exists()
+    assert "invalid parameter source=" in caplog.text
