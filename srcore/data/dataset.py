@@ -1,7 +1,11 @@
 """tf.data input pipelines over an ingest output (see docs/ARCHITECTURE.md).
 
-train_dataset: shards -> shuffle -> decode PNG -> augment the HR crop (optional) ->
-    batch -> LR by the shared x4 degradation -> (lr, hr) float32 in [-1, 1].
+train_dataset: shards -> shuffle -> decode PNG -> (without the validation faces) ->
+    augment the HR crop (optional) -> random patch (optional) -> batch -> LR by the
+    shared x4 degradation -> (lr, hr) float32 in [-1, 1].
+validation_images: the last `val_count` training faces (shard order), held out of
+    training for per-epoch metrics and hyper-parameter choice; the test split stays
+    untouched until the final evaluation.
 test_dataset: test PNGs in manifest order, never augmented -> (lr, hr, name).
 
 Augmentation uses stateless random ops whose per-image seeds come from
@@ -70,7 +74,8 @@ def train_dataset(cfg: Config, data_dir: str | Path) -> tf.data.Dataset:
             f"the train split of {data_dir} has {count} images, fewer than batch_size="
             f"{cfg.batch_size}: no full batch; lower batch_size or ingest more images"
         )
-    shards = [str(Path(data_dir).expanduser() / TRAIN_DIR / name) for name in manifest["train_shards"]]
+    shards = _shard_paths(manifest, data_dir)
+    held_out = _validation_names(cfg, data_dir)
 
     records = (
         tf.data.Dataset.from_tensor_slices(shards)
@@ -86,10 +91,21 @@ def train_dataset(cfg: Config, data_dir: str | Path) -> tf.data.Dataset:
     # One random int64 per image, different on every iteration: the augmentation seed.
     image_seeds = tf.data.Dataset.random(seed=cfg.seed, rerandomize_each_iteration=True)
 
+    if held_out:
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(tf.constant(held_out), tf.ones(len(held_out), tf.int64)), 0)
+        records = records.filter(
+            lambda record: table.lookup(tf.io.parse_single_example(record, _FEATURES)["name"]) == 0)
+
     def decode_and_augment(record: tf.Tensor, image_seed: tf.Tensor) -> tf.Tensor:
         hr = decode_crop(tf.io.parse_single_example(record, _FEATURES)["image"], cfg.hr_size)
+        seed = tf.stack([image_seed, tf.constant(cfg.seed, tf.int64)])
         if cfg.augment:
-            hr = augment_hr(hr, tf.stack([image_seed, tf.constant(cfg.seed, tf.int64)]), cfg)
+            hr = augment_hr(hr, seed, cfg)
+        if cfg.patch_size and cfg.patch_size < cfg.hr_size:
+            # a random HR patch (the SRGAN paper trains on 96x96): more steps per CPU-minute
+            patch_seed = tf.random.experimental.stateless_fold_in(seed, 99)
+            hr = tf.image.stateless_random_crop(hr, [cfg.patch_size, cfg.patch_size, 3], patch_seed)
         return hr
 
     return (
@@ -99,6 +115,37 @@ def train_dataset(cfg: Config, data_dir: str | Path) -> tf.data.Dataset:
         .map(lambda hr: make_pair(hr, cfg), num_parallel_calls=AUTOTUNE)  # whole batches resize faster
         .prefetch(AUTOTUNE)
     )
+
+
+def _shard_paths(manifest: dict, data_dir: str | Path) -> list[str]:
+    return [str(Path(data_dir).expanduser() / TRAIN_DIR / name) for name in manifest["train_shards"]]
+
+
+def _last_records(cfg: Config, data_dir: str | Path) -> list[tuple[str, bytes]]:
+    """(name, PNG bytes) of the last `val_count` training records in shard order."""
+    if not cfg.val_count:
+        return []
+    manifest = _checked_manifest(cfg, data_dir)
+    if cfg.val_count >= manifest["counts"]["train"]:
+        raise ValueError(f"val_count={cfg.val_count} leaves no training images in {data_dir} "
+                         f"({manifest['counts']['train']} train images); lower val_count")
+    found: list[tuple[str, bytes]] = []
+    for shard in reversed(_shard_paths(manifest, data_dir)):  # read only the last shard(s)
+        parsed = tf.data.TFRecordDataset(shard).map(lambda r: tf.io.parse_single_example(r, _FEATURES))
+        records = [(ex["name"].numpy().decode(), ex["image"].numpy()) for ex in parsed]
+        found = records + found
+        if len(found) >= cfg.val_count:
+            break
+    return found[-cfg.val_count:]
+
+
+def _validation_names(cfg: Config, data_dir: str | Path) -> list[str]:
+    return [name for name, _ in _last_records(cfg, data_dir)]
+
+
+def validation_images(cfg: Config, data_dir: str | Path) -> list[tuple[str, np.ndarray]]:
+    """[(name, uint8 HxWx3)] of the faces train_dataset holds out (cfg.val_count)."""
+    return [(name, decode_crop(tf.constant(png), cfg.hr_size).numpy()) for name, png in _last_records(cfg, data_dir)]
 
 
 def decode_crop(png: tf.Tensor, hr_size: int) -> tf.Tensor:
