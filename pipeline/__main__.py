@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "$SRGAN_IMAGE_REPOSITORY:<git commit>; the placeholder registry is refused)")
     c.add_argument("--no-kubernetes", dest="cluster", action="store_false",
                    help="leave out node selector, toleration and the MLflow Secret")
+    c.add_argument("--pipeline", choices=("main", "sweep"), default="main",
+                   help="main: ingest -> train -> evaluate -> register; sweep: trials in parallel (pipeline/sweep.py)")
 
     s = sub.add_parser("submit", help="check the parameters, compile and create a run on a KFP API")
     _auth_flags(s)
@@ -81,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "compile":
-            out = run.compile_pipeline(args.out, image=args.image, cluster=args.cluster)
+            if args.pipeline == "sweep":
+                from pipeline.sweep import compile_sweep as compile_pipeline
+            else:
+                compile_pipeline = run.compile_pipeline
+            out = compile_pipeline(args.out, image=args.image, cluster=args.cluster)
             print(out)
         elif args.cmd == "submit":
             result = run.submit(args.host, _params(args.param), experiment=args.experiment, run_name=args.run_name,

@@ -202,6 +202,9 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
         pvc_size: str = s.pvc_size,
         storage_class: str = "",
         delete_pvc: str = "false",
+        deploy: str = "false",
+        deploy_namespace: str = "",
+        deploy_service_name: str = "",
     ) -> PipelineOutputs:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id)
@@ -260,6 +263,15 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
             # idempotent: registering the same model URI again returns the existing version
             register.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
             platform(register)
+
+            # serve a new champion on KServe only when asked: clusters without KServe run the DAG too
+            with dsl.If(deploy == "true", name="deploy-requested"):
+                with dsl.If(register.outputs["champion"] == True, name="new-champion"):  # noqa: E712 - a KFP condition
+                    serve = comps["deploy"](config_json=train.outputs["config_json"],
+                                            model_version=register.outputs["version"], namespace=deploy_namespace,
+                                            service_name=deploy_service_name, **tracking)
+                    _resources(serve, s.register).set_caching_options(False)
+                    platform(serve)
 
             if created is not None:
                 with dsl.If(delete_pvc == "true"):

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from srcore.config import Config, ConfigError, apply_overrides
+from srcore.config import Config, ConfigError, apply_overrides, coerce
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,10 @@ def load_trials(trials: str | os.PathLike | Sequence[Mapping[str, Any]], cfg: Co
                               "set them for the whole sweep instead")
         try:
             apply_overrides(base, trial)
+            # typed values: JSON through KFP turns 1 into 1.0, and names must not differ by that
+            out.append({k.replace("-", "_"): coerce(k.replace("-", "_"), v) for k, v in trial.items()})
         except ConfigError as e:
             raise ConfigError(f"{where}: trial {i}: {e}") from None
-        out.append(dict(trial))
     names = [trial_name(t) for t in out]
     if len(set(names)) < len(names):
         raise ConfigError(f"{where}: two trials have the same parameters ({', '.join(names)})")
@@ -128,27 +129,36 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", name)[:80]
 
 
+def trial_overrides(cfg: Config, trial: Mapping[str, Any], index: int, folder: str = "") -> dict[str, Any]:
+    """The trial's overrides plus model/eval folders of its own
+    (`<model_dir>/[<folder>/]<index>-<name>`), so that trials never share checkpoints."""
+    sub = Path(folder, f"{index}-{_slug(trial_name(trial))}")
+    return {**trial, "model_dir": str(Path(cfg.model_dir) / sub), "eval_dir": str(Path(cfg.eval_dir) / sub)}
+
+
 def trial_config(cfg: Config, trial: Mapping[str, Any], index: int, folder: str = "") -> Config:
-    """The trial's Config: its overrides, and model/eval folders of its own
-    (`<model_dir>/<folder>/<index>-<name>`) so that trials never share checkpoints."""
-    sub = Path(folder) / f"{index}-{_slug(trial_name(trial))}" if folder else Path(f"{index}-{_slug(trial_name(trial))}")
-    return apply_overrides(cfg, {**trial, "model_dir": str(Path(cfg.model_dir) / sub),
-                                 "eval_dir": str(Path(cfg.eval_dir) / sub)})
+    return apply_overrides(cfg, trial_overrides(cfg, trial, index, folder))
 
 
 # ---- MLflow runs ------------------------------------------------------------------------
 
 
-def start_trial(cfg: Config, parent_run_id: str, index: int, trial: Mapping[str, Any]) -> tuple[str, Config]:
+def start_trial(cfg: Config, parent_run_id: str, index: int, trial: Mapping[str, Any],
+                folder: str | None = None) -> tuple[str, Config]:
     """Open the trial's run as a child of `parent_run_id` (left RUNNING; `finish_sweep`
-    ends it) and return (run id, the trial's Config). Train and evaluate become its children."""
+    ends it) and return (run id, the trial's Config). Train and evaluate become its
+    children. `folder`: sub-folder of model_dir/eval_dir for this sweep's trials
+    (default `sweep-<parent run id>`)."""
     import mlflow
 
     from srcore import tracking
 
+    if not parent_run_id:
+        raise ValueError("a sweep needs its parent run: without one (e.g. under KFP's MLflow plugin, which "
+                         "owns the run structure) trials cannot be compared as its children")
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
-    tcfg = trial_config(cfg, trial, index, folder=f"sweep-{parent_run_id[:8]}")
+    tcfg = trial_config(cfg, trial, index, folder=f"sweep-{parent_run_id[:8]}" if folder is None else folder)
     tags = {
         **tracking.run_tags("trial"),
         tracking.PARENT_TAG: parent_run_id,
@@ -160,6 +170,18 @@ def start_trial(cfg: Config, parent_run_id: str, index: int, trial: Mapping[str,
     tracking.log_params(tracking.config_params(tcfg), run.info.run_id)
     log.info("trial %d %s: run %s", index, trial_name(trial), run.info.run_id)
     return run.info.run_id, tcfg
+
+
+def start_kfp_trial(cfg: Config, parent_run_id: str, trials: Sequence[Mapping[str, Any]],
+                    trial: Mapping[str, Any]) -> tuple[str, str, str]:
+    """One iteration of the KFP sweep's ParallelFor: open the trial's run (its index is
+    its place in `trials`) and return (trial run id, train's `overrides` JSON, name).
+    The trial's folders sit under the KFP run's model_dir, which is already per run."""
+    normalised = load_trials(list(trials), cfg)
+    (mine,) = load_trials([trial], cfg)
+    index = normalised.index(mine)
+    run_id, tcfg = start_trial(cfg, parent_run_id, index, mine, folder="")
+    return run_id, json.dumps(trial_overrides(cfg, mine, index, folder=""), sort_keys=True), trial_name(mine)
 
 
 def collect_trial(trial_run_id: str) -> TrialResult:

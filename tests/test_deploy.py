@@ -236,3 +236,39 @@ def test_deploy_step_tags_the_registered_version(kserve, tracking):
     assert tags["deploy.inference_service"] == f"{NS}/{NAME}"
     assert tags["deploy.storage_uri"] == "pvc://srgan-data/serving/srgan-celeba"
     assert kserve.requests[1]["body"]["metadata"]["labels"]["srgan.registered-model-version"] == str(mv.version)
+
+
+def test_main_pipeline_deploys_only_a_new_champion_when_asked(tmp_path):
+    from kfp import compiler
+
+    from pipeline.dag import build_pipeline
+
+    out = tmp_path / "p.yaml"
+    compiler.Compiler().compile(build_pipeline(image="example.org/srgan:abc", cluster=True), str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["deploy"]["defaultValue"] == "false"  # off by default: clusters without KServe
+    assert {"deploy_namespace", "deploy_service_name"} <= set(params)
+
+    chain = []  # the conditions from the root down to the deploy task
+
+    def find(dag, conditions):
+        for name, task in dag["tasks"].items():
+            cond = task.get("triggerPolicy", {}).get("condition")
+            comp = spec["components"][task["componentRef"]["name"]]
+            if name == "deploy":
+                chain.extend(conditions)
+                return task
+            if "dag" in comp:
+                found = find(comp["dag"], conditions + ([cond] if cond else []))
+                if found:
+                    return found
+        return None
+
+    task = find(spec["root"]["dag"], [])
+    assert task is not None
+    assert any("pipelinechannel--deploy'] == 'true'" in c for c in chain)
+    assert any("pipelinechannel--register-champion'] == true" in c for c in chain)
+    inputs = task["inputs"]["parameters"]
+    assert inputs["model_version"]["componentInputParameter"].endswith("register-version")
+    assert inputs["namespace"]["componentInputParameter"].endswith("deploy_namespace")

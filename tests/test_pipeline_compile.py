@@ -108,7 +108,8 @@ def test_pipeline_parameters(compiled):
     params = spec["root"]["inputDefinitions"]["parameters"]
     expected = {"source", "limit", "test_count", "epochs", "pretrain_epochs", "batch_size", "content_loss", "preset",
                 "mlflow_tracking_uri", "experiment_name", "registered_model_name", "config_overrides", "require_gpu",
-                "volume_root", "checkpoint_dir", "pvc_name", "pvc_size", "storage_class", "delete_pvc"}
+                "volume_root", "checkpoint_dir", "pvc_name", "pvc_size", "storage_class", "delete_pvc",
+                "deploy", "deploy_namespace", "deploy_service_name"}
     assert set(params) == expected
     assert all(p["parameterType"] == "STRING" for p in params.values())
     assert params["preset"]["defaultValue"] == "seed"

@@ -99,3 +99,114 @@ def test_local_sweep_mlflow_structure(smoke_data, tracking, tmp_path):
     register_runs = [r for r in runs if r.data.tags.get("srgan.step") == "register"]
     assert len(register_runs) == 1
     assert register_runs[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+# ---- the KFP sweep pipeline ----------------------------------------------------------------
+
+
+def _tasks(spec: dict, dag: dict, prefix: str = "") -> dict:
+    """Every task of the IR, nested DAGs (exit handler, for-loop) flattened."""
+    out = {}
+    for name, task in dag["tasks"].items():
+        out[name] = task
+        comp = spec["components"][task["componentRef"]["name"]]
+        if "dag" in comp:
+            out.update(_tasks(spec, comp["dag"]))
+    return out
+
+
+def test_sweep_pipeline_compiles_with_parallel_for_and_collected_pick(tmp_path):
+    import yaml
+
+    from pipeline.__main__ import main
+
+    out = tmp_path / "sweep.yaml"
+    assert main(["compile", "--pipeline", "sweep", "--image", "example.org/srgan:abc", "--out", str(out)]) == 0
+    spec = next(yaml.safe_load_all(out.read_text()))
+    tasks = _tasks(spec, spec["root"]["dag"])
+    loop = next(t for n, t in tasks.items() if n.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("trials")
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 2}
+    assert "ingest" in loop["dependentTasks"]
+    loop_tasks = set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"])
+    assert loop_tasks == {"start-trial", "train", "evaluate"}
+    pick = tasks["pick-best"]
+    loop_name = next(n for n in tasks if n.startswith("for-loop"))
+    assert pick["inputs"]["parameters"]["trial_run_ids"]["taskOutputParameter"]["producerTask"] == loop_name
+    assert pick["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == loop_name
+    assert spec["components"]["comp-pick-best"]["inputDefinitions"]["artifacts"]["metrics"]["isArtifactList"]
+    trials = spec["root"]["inputDefinitions"]["parameters"]["trials"]
+    assert trials["parameterType"] == "LIST" and len(trials["defaultValue"]) == 4
+    assert "finish" in tasks  # the exit task ends the MLflow parent run
+    # train trains on a GPU node and gets the trial's overrides
+    train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
+    assert "overrides" in train_inputs
+
+
+SWEEP_SCRIPT = """
+import json, os, sys, tempfile, warnings
+tempfile.tempdir = os.environ["TMPDIR"]
+from kfp import local
+from pipeline.sweep import build_sweep_pipeline
+root = sys.argv[1]
+local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root + "/pipeline_root",
+           workspace_root=root + "/workspace", raise_on_error=True)
+warnings.filterwarnings("ignore")
+build_sweep_pipeline(image="srgan-celeba:local", cluster=False, parallelism=2)(**json.loads(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_kfp_local_two_trial_sweep(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    repo = Path(__file__).resolve().parents[1]
+    tag = uuid.uuid4().hex[:8]
+    experiment, model_name = f"kfp-sweep-{tag}", f"srgan-kfp-sweep-{tag}"
+    # a SQLite store with the experiment's artifacts in tmp_path (no server to start on a busy machine)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    client.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    params = {
+        "trials": [{"learning_rate": 2e-4}, {"learning_rate": 5e-5}],
+        "preset": "smoke", "source": "demo", "experiment_name": experiment, "registered_model_name": model_name,
+        "mlflow_tracking_uri": store, "volume_root": str(tmp_path / "volume"),
+        "config_overrides": json.dumps({"epochs": 1, "pretrain_epochs": 0, "eval_every": 0, "steps_per_epoch": 2}),
+    }
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_URI")}
+    env.update({"TMPDIR": str(tmp), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT, str(tmp_path / "run"), json.dumps(params)],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=3600)
+    (tmp_path / "sweep.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    (parent,) = [r for r in runs if r.data.tags.get("srgan.step") == "pipeline"]
+    assert parent.info.status == "FINISHED"  # ended by the exit task
+    trials = [r for r in runs if r.data.tags.get("srgan.step") == "trial"]
+    assert len(trials) == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert sorted(r.info.run_name for r in trials) == ["lr=2e-4", "lr=5e-5"]
+    for trial in trials:
+        assert trial.info.status == "FINISHED" and "test_psnr_y" in trial.data.metrics
+        children = {r.data.tags.get("srgan.step") for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id}
+        assert children == {"train", "evaluate"}
+    assert parent.data.tags["srgan.sweep.best_trial_run_id"] in {t.info.run_id for t in trials}
+    assert {"sweep/comparison.csv", "sweep/comparison.json"} <= {
+        f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    assert len(versions) == 1
+    best = client.get_run(parent.data.tags["srgan.sweep.best_trial_run_id"])
+    train_run = next(r for r in runs if r.data.tags.get("srgan.step") == "train"
+                     and r.data.tags.get("mlflow.parentRunId") == best.info.run_id)
+    assert versions[0].run_id == train_run.info.run_id

@@ -1,0 +1,159 @@
+"""The sweep pipeline: ingest once, then train + evaluate for every trial in parallel,
+then pick the best trial and register only it.
+
+    ingest -> ParallelFor(trials, parallelism): start_trial -> train -> evaluate
+           -> pick_best (dsl.Collected over the trials) -> register through the gate
+
+`trials` is a JSON list parameter of Config overrides (learning rates x content losses
+by default). Each iteration's MLflow run is a child of the pipeline's parent run and
+holds its train and evaluate runs (srcore/sweep.py has the structure). Compile it with
+`python -m pipeline compile --pipeline sweep --out sweep.yaml`; `parallelism` is a
+compile-time setting (KFP fixes it in the IR), default 2 or `$SRGAN_SWEEP_PARALLELISM`.
+
+Cluster settings, the shared volume (the existing claim `pvc_name`), the MLflow Secret
+and the exit task that ends the parent run are the main pipeline's (pipeline/dag.py).
+Each trial trains into its own folder under the KFP run's model_dir on the volume.
+"""
+
+import os
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+import components
+from components.pick_best import pick_best
+from components.start_trial import start_trial
+from pipeline.dag import (MLFLOW_SECRET_KEYS, ClusterSettings, _resources, _toleration, local_volume_root,
+                          running_locally)
+
+SWEEP_PIPELINE_NAME = "srgan-celeba-sweep"
+SWEEP_DESCRIPTION = ("SRGAN x4 hyper-parameter sweep: ingest once, train + evaluate each trial in parallel, "
+                     "register the best trial through the champion gate.")
+PARALLELISM_ENV = "SRGAN_SWEEP_PARALLELISM"
+DEFAULT_TRIALS = [
+    {"learning_rate": lr, "content_loss": loss} for loss in ("vgg19_54", "vgg16_53") for lr in (1e-4, 2e-4)
+]
+
+
+def default_parallelism() -> int:
+    return int(os.environ.get(PARALLELISM_ENV, "2"))
+
+
+def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
+                         settings: ClusterSettings | None = None, parallelism: int | None = None):
+    """The sweep pipeline for `image`; `parallelism`: trials running at once."""
+    s = settings or ClusterSettings.from_env()
+    if cluster is None:
+        cluster = not running_locally()
+    parallelism = parallelism or default_parallelism()
+    if parallelism < 1:
+        raise ValueError(f"sweep parallelism must be >= 1, got {parallelism}")
+    comps = components.all_components(image)
+    glue = {"start_trial": start_trial, "pick_best": pick_best}
+    if image:
+        glue = {k: components.with_image(c, image) for k, c in glue.items()}
+
+    def platform(task: dsl.PipelineTask, gpu: bool = False, volume: str | None = None) -> None:
+        if not cluster:
+            return
+        if s.mlflow_secret:
+            kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
+                                         optional=s.mlflow_secret_optional)
+        if volume is not None:
+            kubernetes.mount_pvc(task, pvc_name=volume, mount_path=s.volume_mount)
+        if gpu and s.gpu_node_selector:
+            key, _, value = s.gpu_node_selector.partition("=")
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        if gpu and s.gpu_toleration:
+            kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
+
+    def srgan_sweep(
+        trials: list = DEFAULT_TRIALS,
+        source: str = "",
+        limit: str = "",
+        test_count: str = "",
+        epochs: str = "",
+        pretrain_epochs: str = "",
+        batch_size: str = "",
+        content_loss: str = "",
+        registered_model_name: str = "",
+        experiment_name: str = "",
+        require_gpu: str = "true" if cluster else "false",
+        preset: str = "seed",
+        config_overrides: str = "",
+        mlflow_tracking_uri: str = s.mlflow_tracking_uri,
+        volume_root: str = s.volume_mount if cluster else local_volume_root(),
+        pvc_name: str = s.pvc_name,
+    ):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id)
+        _resources(finish, s.register).set_caching_options(False)
+        platform(finish)
+
+        def steps() -> dsl.PipelineTask:
+            ingest = comps["ingest"](
+                preset=preset, config_overrides=config_overrides, source=source, limit=limit, test_count=test_count,
+                epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, content_loss=content_loss,
+                registered_model_name=registered_model_name, experiment_name=experiment_name,
+                require_gpu=require_gpu, mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id,
+                volume_root=volume_root, checkpoint_dir="",
+            )
+            _resources(ingest, s.ingest).set_caching_options(False)
+            ingest.set_retry(num_retries=s.ingest_retries, backoff_duration="60s", backoff_factor=2.0)
+            platform(ingest, volume=pvc_name)
+            config_json, parent = ingest.outputs["config_json"], ingest.outputs["parent_run_id"]
+
+            with dsl.ParallelFor(trials, parallelism=parallelism) as trial:
+                opened = glue["start_trial"](config_json=config_json, trial=trial, trials=trials,
+                                             mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent)
+                _resources(opened, s.register).set_caching_options(False)
+                platform(opened)
+                in_trial = dict(mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=opened.outputs["trial_run_id"])
+                train = comps["train"](dataset=ingest.outputs["dataset"], config_json=config_json,
+                                       overrides=opened.outputs["overrides"], **in_trial)
+                _resources(train, s.train).set_caching_options(False)
+                train.set_retry(num_retries=s.train_retries, backoff_duration="120s", backoff_factor=2.0)
+                if cluster and s.gpu_count > 0:
+                    train.set_accelerator_type(s.gpu_type).set_accelerator_limit(s.gpu_count)
+                if cluster:
+                    kubernetes.set_timeout(train, s.train_timeout_seconds)
+                platform(train, gpu=True, volume=pvc_name)
+                evaluate = comps["evaluate"](dataset=ingest.outputs["dataset"], model=train.outputs["model"],
+                                             config_json=train.outputs["config_json"],
+                                             model_uri=train.outputs["model_uri"], **in_trial)
+                _resources(evaluate, s.evaluate).set_caching_options(False)
+                platform(evaluate, volume=pvc_name)
+
+            pick = glue["pick_best"](
+                trial_run_ids=dsl.Collected(opened.outputs["trial_run_id"]),
+                metrics=dsl.Collected(evaluate.outputs["metrics"]),
+                config_json=config_json, manifest_hash=ingest.outputs["content_hash"],
+                mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent,
+            )
+            _resources(pick, s.register).set_caching_options(False)
+            # idempotent: the registry returns the existing version for the same model URI
+            pick.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
+            platform(pick)
+            return pick
+
+        if cluster:
+            with dsl.ExitHandler(finish, name="srgan-sweep-steps"):
+                steps()
+        else:
+            finish.after(steps()).ignore_upstream_failure()
+
+    return dsl.pipeline(name=SWEEP_PIPELINE_NAME, description=SWEEP_DESCRIPTION)(srgan_sweep)
+
+
+def compile_sweep(out: str | os.PathLike, image: str | None = None, cluster: bool = True,
+                  parallelism: int | None = None) -> Path:
+    """Write the sweep pipeline's YAML (image rules as pipeline.run.compile_pipeline)."""
+    from kfp import compiler
+
+    from components._common import resolve_image
+
+    image = resolve_image(image)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_sweep_pipeline(image=image, cluster=cluster, parallelism=parallelism), str(out))
+    return out
