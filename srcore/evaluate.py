@@ -3,11 +3,13 @@
 For every test image: LR = the shared x4 degradation of the HR crop (srcore.data.degrade,
 exactly what training sees), SR = G(LR) rounded to uint8, bicubic = bicubic upscaling
 of the same LR. Both are scored against HR with PSNR/SSIM on RGB and Y (srcore.metrics)
-and LPIPS-VGG (srcore.lpips, skipped when its weights are unavailable).
+and LPIPS with AlexNet (`lpips_alex`, the headline perceptual number: the LPIPS authors'
+forward metric, independent of the vgg16_53 training loss) and VGG16 (`lpips`, which
+shares its backbone with that loss); each is skipped when its weights are unavailable.
 
 Outputs in `out_dir` (each written under a temporary name, then renamed):
 - `metrics.json`: the mean of every per-image score, keyed as logged to MLflow
-  (test_psnr, test_ssim, test_psnr_y, test_ssim_y, test_lpips, bicubic_*, gain_*),
+  (test_psnr, test_ssim, test_psnr_y, test_ssim_y, test_lpips, test_lpips_alex, bicubic_*, gain_*),
   plus "how" (every convention behind the numbers), "counts", "model" and the data
   manifest hash. Top-level numbers are metrics and nothing else.
 - `per_image.csv`: one row per test image with the same keys;
@@ -28,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -49,6 +51,8 @@ BATCH_SIZE = 32
 # batch_metrics key -> the metric name used in metrics.json, per_image.csv and MLflow
 SCORES = {"psnr_rgb": "psnr", "ssim_rgb": "ssim", "psnr_y": "psnr_y", "ssim_y": "ssim_y"}
 QUICK_KEYS = ("psnr", "ssim", "psnr_y", "ssim_y")
+# metric name -> LPIPS network; lpips keeps its name (VGG16) for comparable history
+LPIPS_METRICS = {"lpips": "vgg16", "lpips_alex": "alexnet"}
 
 GridRow = tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -96,27 +100,39 @@ def _batches(images: Sequence[tuple[str, np.ndarray]], upscale: Callable, cfg: C
         yield _Batch([n for n, _ in chunk], lr.numpy(), bicubic, upscale(lr, bicubic), hr)
 
 
-def _score(batch: _Batch, cfg: Config, lpips: LPIPS | None, is_bicubic: bool) -> list[dict[str, Any]]:
+def _lpips_models(lpips: LPIPS | Mapping[str, LPIPS] | None) -> dict[str, LPIPS]:
+    """{metric name: model}; a single model is LPIPS-VGG (`lpips`)."""
+    if lpips is None:
+        return {}
+    if isinstance(lpips, LPIPS):
+        return {"lpips": lpips}
+    return {k: v for k, v in lpips.items() if v is not None}
+
+
+def _score(batch: _Batch, cfg: Config, lpips: LPIPS | Mapping[str, LPIPS] | None,
+           is_bicubic: bool) -> list[dict[str, Any]]:
     """Per-image rows: test_*, bicubic_* and gain_* scores of one batch."""
     sr_scores = M.batch_metrics(batch.sr, batch.hr, cfg.crop_border)
     bicubic_scores = sr_scores if is_bicubic else M.batch_metrics(batch.bicubic, batch.hr, cfg.crop_border)
-    if lpips is not None:
-        # one VGG pass over HR serves both comparisons; bicubic-as-model needs only one
+    distances = []
+    for metric, model in _lpips_models(lpips).items():
+        # one network pass over HR serves both comparisons; bicubic-as-model needs only one
         wanted = {"bicubic": batch.bicubic} if is_bicubic else {"sr": batch.sr, "bicubic": batch.bicubic}
-        dist = lpips.compare(batch.hr, wanted)
-        sr_scores = {**sr_scores, "lpips": dist.get("sr", dist["bicubic"])}
-        bicubic_scores = {**bicubic_scores, "lpips": dist["bicubic"]}
+        dist = model.compare(batch.hr, wanted)
+        sr_scores = {**sr_scores, metric: dist.get("sr", dist["bicubic"])}
+        bicubic_scores = {**bicubic_scores, metric: dist["bicubic"]}
+        distances.append(metric)
     rows = []
     for i, name in enumerate(batch.names):
         row: dict[str, Any] = {"name": name}
-        for key, metric in {**SCORES, "lpips": "lpips"}.items():
+        for key, metric in {**SCORES, **{m: m for m in distances}}.items():
             if key not in sr_scores:
                 continue
             test, base = float(sr_scores[key][i]), float(bicubic_scores[key][i])
             row[f"test_{metric}"] = test
             row[f"bicubic_{metric}"] = base
             # gain > 0 means better than bicubic; LPIPS is a distance (lower is better)
-            row[f"gain_{metric}"] = base - test if metric == "lpips" else test - base
+            row[f"gain_{metric}"] = base - test if metric in LPIPS_METRICS else test - base
         rows.append(row)
     return rows
 
@@ -134,7 +150,7 @@ def compute_metrics(
     data_dir: str | os.PathLike,
     cfg: Config,
     names: Sequence[str] | None = None,
-    lpips: LPIPS | None = None,
+    lpips: LPIPS | Mapping[str, LPIPS] | None = None,
     showcase: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]], list[GridRow]]:
     """Score `generator` (a Keras model, or None for bicubic upscaling) on test images.
@@ -218,9 +234,11 @@ def describe(cfg: Config, lpips_note: str) -> dict[str, Any]:
         "baseline": f"bicubic x{cfg.scale} upscaling of the same uint8 LR (tf.image.resize, Keys a=-0.5)",
         "sr": "from_unit(G(to_unit(LR))): [-1, 1] output clipped and rounded to uint8",
         "lpips": lpips_note,
+        "headline_perceptual": "test_lpips_alex (LPIPS-VGG shares its backbone with the vgg16_53 training loss)",
         "gain": "test minus bicubic for PSNR/SSIM, bicubic minus test for LPIPS (positive = better than bicubic)",
         "split": "test",
-        "metric_names": {**names, **{f"{who}_lpips": "lpips_vgg16" for who in ("test", "bicubic", "gain")}},
+        "metric_names": {**names, **{f"{who}_{metric}": f"lpips_{net}" for who in ("test", "bicubic", "gain")
+                                     for metric, net in LPIPS_METRICS.items()}},
     }
 
 
@@ -241,14 +259,17 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
     started = time.time()
     with step_run(cfg, "evaluate"):
         generator, label = _load_model(model)
-        lpips, lpips_note = load_lpips(cache_dir=cfg.cache_dir)
+        loaded = {metric: load_lpips(cache_dir=cfg.cache_dir, net=net) for metric, net in LPIPS_METRICS.items()}
+        lpips = {metric: model for metric, (model, _) in loaded.items() if model is not None}
+        lpips_note = "; ".join(f"{metric}: {note}" for metric, (_, note) in loaded.items())
         summary, rows, grid_rows = compute_metrics(generator, data_dir, cfg, lpips=lpips)
         result = {
             **{k: (v if math.isfinite(v) else None) for k, v in summary.items()},
             "model": label,
             "data_dir": str(data_dir),
             "data_manifest_hash": manifest.get("content_hash"),
-            "counts": {"images": len(rows), "showcase": len(grid_rows), "lpips": len(rows) if lpips else 0},
+            "counts": {"images": len(rows), "showcase": len(grid_rows), "lpips": len(rows) if lpips else 0,
+                       "lpips_alex": len(rows) if "lpips_alex" in lpips else 0},
             "how": describe(cfg, lpips_note),
             "timing": {"seconds": round(time.time() - started, 1)},
         }

