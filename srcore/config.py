@@ -108,11 +108,11 @@ class Config:
     gate_min_gain: float = _f(0.0, "champion only if gate_metric beats bicubic_<metric> on the same test split by strictly more than this")
 
     # ---- serving (limits of the logged pyfunc model, stated in its metadata) ----------
-    serve_max_pixels: int = _f(4_000_000, "served model: refuse inputs with more LR pixels per image (HTTP 400)")
+    serve_max_pixels: int = _f(262_144, "served model: refuse requests with more LR pixels (sum over the batch; HTTP 400)")
     serve_max_batch: int = _f(16, "served model: refuse requests with more images (HTTP 400)")
     serve_min_tile: int = _f(32, "served model: smallest tile a request may ask for")
     serve_max_tile: int = _f(256, "served model: largest tile a request may ask for")
-    serve_max_seconds: float = _f(120.0, "served model: give up a request after this many seconds of work")
+    serve_max_seconds: float = _f(55.0, "served model: stop a request's work after this many seconds (HTTP 503)")
 
     # ---- export, KServe deploy and sweeps (srcore/export.py, deploy.py, sweep.py) -------
     export_version: int = _f(1, "TF Serving version folder of `srgan export` (<out>/<name>/<version>/)")

@@ -14,21 +14,38 @@ Over REST (`mlflow models serve`) the tensor signature (uint8, (-1, -1, -1, 3)) 
 enforced before `predict` runs: `{"inputs": [image]}` (a batch, even of one image) arrives
 as a uint8 NxHxWx3 ndarray and is answered as `{"predictions": [sr_image]}`. A bare
 `{"inputs": image}` (3-D) and ragged batches are rejected by MLflow with HTTP 400, so REST
-clients send one batch per image size. Optional params: `{"params": {"tile": 64}}`.
+clients send one batch per image size. Optional params: `{"params": {"tile": 64,
+"overlap": 16, "encoding": "png"}}`; with `encoding=png` each output image comes back as a
+base64 PNG string (about 20x smaller than the JSON array of its pixels).
 
-Every image goes through srcore.upscale's tiled inference, so large inputs stay bounded.
+Bounded: `ServingLimits` (max LR pixels per request, max batch, tile and overlap range,
+a time budget) are fixed when the model is logged, stated in its MLmodel metadata
+(`serving_limits`) and handed to the model as its model_config. A request over a limit
+is refused before any work with MlflowException INVALID_PARAMETER_VALUE, which the
+scoring server answers with HTTP 400 and a message naming the limit; work past the
+time budget stops between tiles (HTTP 503). Every image goes through srcore.upscale's
+tiled inference, so the generator's memory depends on the tile, not the image.
+
+Logged as MLflow "models from code" (srcore/upscaler_model.py builds the model), so
+nothing is cloudpickled.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import logging
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
@@ -36,7 +53,9 @@ from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 log = logging.getLogger(__name__)
 
 SRCORE_DIR = Path(__file__).resolve().parent
+MODEL_CODE = SRCORE_DIR / "upscaler_model.py"
 GENERATOR_ARTIFACT = "generator"
+ENCODINGS = ("array", "png")
 # The project's tested set (pyproject.toml): the serving environment must be able to
 # load a Keras 3 .keras file written by this exact Keras, and protobuf is pinned there
 # because tensorflow and mlflow only agree on that range.
@@ -51,31 +70,138 @@ SERVING_REQUIREMENTS = [
 _EXAMPLE_SIZE = (8, 8)
 
 
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one request may ask of the served model (defaults = Config's serve_* fields).
+
+    max_pixels bounds the LR pixels of a whole request (the sum over its images): the
+    JSON answer holds 16 x 3 values per LR pixel at x4, so it bounds the answer's memory
+    too (262,144 LR pixels, e.g. one 512x512 image, answer in ~0.2 GB of JSON)."""
+
+    max_pixels: int = 262_144
+    max_batch: int = 16
+    min_tile: int = 32
+    max_tile: int = 256
+    max_overlap: int = 64
+    max_seconds: float = 55.0  # below the scoring server's 60 s request timeout
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ServingLimits":
+        return cls(max_pixels=cfg.serve_max_pixels, max_batch=cfg.serve_max_batch, min_tile=cfg.serve_min_tile,
+                   max_tile=cfg.serve_max_tile, max_seconds=cfg.serve_max_seconds)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "ServingLimits":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def default_tiling(self) -> tuple[int, int]:
+        """upscale's default tile and overlap, brought within these limits."""
+        from srcore.upscale import DEFAULT_OVERLAP, DEFAULT_TILE
+
+        return min(max(DEFAULT_TILE, self.min_tile), self.max_tile), min(DEFAULT_OVERLAP, self.max_overlap)
+
+    def check(self, sizes: list[tuple[int, int]], tile: int, overlap: int, encoding: str) -> None:
+        """Refuse (HTTP 400, naming the limit) a request over any limit; cheap, before work."""
+        if len(sizes) > self.max_batch:
+            _refuse(f"the request holds {len(sizes)} images, more than the limit max_batch={self.max_batch}")
+        pixels = sum(h * w for h, w in sizes)
+        if pixels > self.max_pixels:
+            largest = max(sizes, key=lambda s: s[0] * s[1])
+            _refuse(
+                f"the request holds {pixels} input pixels (largest image {largest[1]}x{largest[0]}), more than "
+                f"the limit max_pixels={self.max_pixels}; send smaller images or fewer per request"
+            )
+        if not self.min_tile <= tile <= self.max_tile:
+            _refuse(f"tile={tile} is outside the limits min_tile={self.min_tile}..max_tile={self.max_tile}")
+        if not 0 <= overlap <= self.max_overlap:
+            _refuse(f"overlap={overlap} is outside the limits 0..max_overlap={self.max_overlap}")
+        if encoding not in ENCODINGS:
+            _refuse(f"encoding={encoding!r} is not one of {', '.join(ENCODINGS)}")
+
+
+def _refuse(message: str) -> None:
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 class SRUpscaler(mlflow.pyfunc.PythonModel):
-    """Pyfunc wrapper around a `.keras` generator (artifact `generator`)."""
+    """Pyfunc wrapper around a `.keras` generator (artifact `generator`); its
+    model_config holds the ServingLimits."""
+
+    def __init__(self, limits: ServingLimits | None = None):
+        self.limits = limits or ServingLimits()
 
     def load_context(self, context) -> None:
         from srcore.models import load_generator
 
+        if getattr(context, "model_config", None):
+            self.limits = ServingLimits.from_dict(context.model_config)
         self.generator = load_generator(context.artifacts[GENERATOR_ARTIFACT])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        from srcore.upscale import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_array
+        from srcore.upscale import UpscaleTimeout, upscale_array
 
         params = params or {}
-        tile = int(params.get("tile", DEFAULT_TILE))
-        overlap = int(params.get("overlap", DEFAULT_OVERLAP))
+        default_tile, default_overlap = self.limits.default_tiling()
+        tile = _int_param(params, "tile", default_tile)
+        overlap = _int_param(params, "overlap", default_overlap)
+        encoding = str(params.get("encoding") or "array")
         images, shape = _as_images(model_input)
+        self.limits.check([img.shape[:2] for img in images], tile, overlap, encoding)
         log.debug("predict: %s input, %d image(s)", shape, len(images))
-        outputs = [
-            upscale_array(self.generator, img, tile=tile, overlap=overlap, name=f"input image {i}")
-            for i, img in enumerate(images)
-        ]
+        deadline = time.monotonic() + self.limits.max_seconds
+        try:
+            outputs = [
+                upscale_array(self.generator, img, tile=tile, overlap=overlap, name=f"input image {i}", deadline=deadline)
+                for i, img in enumerate(images)
+            ]
+        except UpscaleTimeout as err:
+            from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+            raise MlflowException(
+                f"{err}: the request took longer than the limit max_seconds={self.limits.max_seconds}",
+                error_code=TEMPORARILY_UNAVAILABLE,
+            ) from None
+        if encoding == "png":
+            return [png_base64(img) for img in outputs]
         if shape == "single":
             return outputs[0]
         if shape == "batch":
             return np.stack(outputs)
         return outputs
+
+
+def _int_param(params: dict[str, Any], name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        _refuse(f"{name}={value!r} is not an integer")
+        raise  # unreachable: _refuse raises
+
+
+def png_base64(img: np.ndarray) -> str:
+    """A uint8 image as a base64 PNG string (the compact `encoding=png` answer)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_png_base64(text: str) -> np.ndarray:
+    """The inverse of png_base64, for clients and tests."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(text))) as img:
+        return np.asarray(img)
 
 
 def _as_images(model_input: Any) -> tuple[list[np.ndarray], str]:
@@ -134,39 +260,43 @@ def image_batch(images: list[np.ndarray]) -> np.ndarray:
     return ragged
 
 
-def upscaler_signature() -> ModelSignature:
+def upscaler_signature(limits: ServingLimits | None = None) -> ModelSignature:
+    limits = limits or ServingLimits()
     image_batch = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
+    tile, overlap = limits.default_tiling()
     return ModelSignature(
         inputs=Schema([image_batch]),
         outputs=Schema([image_batch]),
-        params=ParamSchema([_param("tile"), _param("overlap")]),
+        params=ParamSchema([
+            ParamSpec("tile", "long", tile), ParamSpec("overlap", "long", overlap),
+            ParamSpec("encoding", "string", "array"),
+        ]),
     )
-
-
-def _param(name: str) -> ParamSpec:
-    from srcore import upscale
-
-    default = {"tile": upscale.DEFAULT_TILE, "overlap": upscale.DEFAULT_OVERLAP}[name]
-    return ParamSpec(name, "long", default)
 
 
 def log_upscaler(
     generator_path: str | Path,
     name: str = "upscaler",
     input_example: np.ndarray | None = None,
+    limits: ServingLimits | None = None,
 ) -> ModelInfo:
-    """Log the pyfunc upscaler (to the active run, if any); returns MLflow's ModelInfo,
-    whose `.model_uri` (`models:/m-...`) is what srcore.registry.register takes."""
+    """Log the pyfunc upscaler (to the active run, if any) as models-from-code, with its
+    `limits` (default ServingLimits(); pass ServingLimits.from_config(cfg)) as model_config
+    and in the metadata; returns MLflow's ModelInfo, whose `.model_uri` (`models:/m-...`)
+    is what srcore.registry.register takes."""
     generator_path = Path(generator_path)
     if not generator_path.is_file():
         raise FileNotFoundError(f"generator_path {generator_path} is not a .keras file")
+    limits = limits or ServingLimits()
     with tempfile.TemporaryDirectory(prefix="srcore-code-") as tmp:
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=SRUpscaler(),
+            python_model=str(MODEL_CODE),
             artifacts={GENERATOR_ARTIFACT: str(generator_path)},
             code_paths=[str(_clean_package_copy(Path(tmp)))],
-            signature=upscaler_signature(),
+            model_config=limits.to_dict(),
+            metadata={"serving_limits": limits.to_dict()},
+            signature=upscaler_signature(limits),
             input_example=_example_batch(input_example),
             pip_requirements=SERVING_REQUIREMENTS,
         )

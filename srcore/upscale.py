@@ -53,11 +53,12 @@ from srcore.models import generator_scale
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE = 128  # LR pixels per tile core: ~100 MB of activations for the full model
-#: LR pixels of context on each side of a core. The full 16-block generator's theoretical
-#: receptive field is ~40 LR pixels, but its effective one is far smaller: at tile 128 /
-#: overlap 16, and at tile 64, the tiled output differs from the untiled one by at most
-#: 1 grey level (measured on a generator trained for 3 epochs, 1 grey level bound asserted
-#: on full-size weights in tests/test_upscale.py).
+#: LR pixels of context on each side of a core. Measured bound at DEFAULT_TILE with this
+#: overlap: tiled == untiled within 1 grey level for the full 16-block generator, both
+#: trained (3 epochs, issue 13: 0-1 at tile 128 or 64) and with weights that make the
+#: receptive field matter (tests/test_upscale.py: max diff 178 / 49 / 9 / 1 at overlap
+#: 0 / 8 / 12 / 16). The theoretical receptive field (~40 LR px) is wider, its tail too
+#: weak to change a rounded grey level.
 DEFAULT_OVERLAP = 16
 MIN_SIDE = 2
 DEFAULT_MAX_PIXELS = 40_000_000  # same decompression-bomb guard as Config.max_pixels

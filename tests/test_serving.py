@@ -22,7 +22,7 @@ from conftest import free_port, wait_http
 from srcore.config import Config
 from srcore.models import load_generator
 from srcore.registry import register
-from srcore.serving import image_batch, log_upscaler
+from srcore.serving import ServingLimits, image_batch, log_upscaler
 from srcore.upscale import upscale_array, upscale_files
 
 
@@ -35,9 +35,13 @@ def generator(tiny_generator):
     return load_generator(str(tiny_generator))
 
 
-def log_in_run(generator_path: Path) -> mlflow.models.model.ModelInfo:
+#: the tests tile tiny images with tiny tiles: allow them (the default minimum is 32)
+TEST_LIMITS = ServingLimits(min_tile=4)
+
+
+def log_in_run(generator_path: Path, limits: ServingLimits = TEST_LIMITS) -> mlflow.models.model.ModelInfo:
     with mlflow.start_run():
-        return log_upscaler(generator_path, input_example=image(6, 5))
+        return log_upscaler(generator_path, input_example=image(6, 5), limits=limits)
 
 
 @pytest.fixture(scope="module")
