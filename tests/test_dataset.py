@@ -13,8 +13,13 @@ tf = pytest.importorskip("tensorflow")
 from helpers_images import celeba_names, read_png, read_train_examples, small_config, write_images  # noqa: E402
 
 from srcore.data import degrade  # noqa: E402
-from srcore.data.dataset import load_test_images, read_manifest, train_count, train_dataset  # noqa: E402
-from srcore.data.dataset import test_dataset as make_test_dataset  # noqa: E402  (not a test itself)
+from srcore.data.dataset import (  # noqa: E402
+    load_test_images,
+    read_manifest,
+    train_count,
+    train_dataset,
+    validation_images,
+)
 from srcore.data.ingest import ingest  # noqa: E402
 
 BATCH = 4
@@ -107,36 +112,40 @@ def test_training_order_is_reproducible_and_reshuffled_per_epoch(data_dir: Path)
     assert not np.array_equal(epoch_a, other_seed)
 
 
-def test_test_split_is_deterministic_in_manifest_order(data_dir: Path):
-    cfg = config(data_dir)
-    manifest = read_manifest(data_dir)
-    runs = [list(make_test_dataset(cfg, data_dir, batch_size=3)) for _ in range(2)]
-    names = [n.decode() for lr, hr, batch_names in runs[0] for n in batch_names.numpy()]
-    assert names == manifest["test_files"]  # 4 images: batches of 3 and 1, nothing dropped
-    for (lr_a, hr_a, _), (lr_b, hr_b, _) in zip(*runs):
-        np.testing.assert_array_equal(lr_a.numpy(), lr_b.numpy())
-        np.testing.assert_array_equal(hr_a.numpy(), hr_b.numpy())
-    lr, hr, _ = runs[0][0]
-    assert lr.shape == (3, 32, 32, 3) and hr.shape == (3, 128, 128, 3)
-    for name, image in zip(names, to_uint8(hr)):
-        np.testing.assert_array_equal(image, read_png(data_dir / "test" / f"{name}.png"))
-
-
-def test_showcase_subset_and_unknown_names(data_dir: Path):
-    cfg = config(data_dir)
+def test_unknown_test_names_are_refused(data_dir: Path):
     showcase = read_manifest(data_dir)["showcase"]
-    (lr, hr, names), = list(make_test_dataset(cfg, data_dir, names=showcase))
-    assert [n.decode() for n in names.numpy()] == showcase
+    assert [name for name, _ in load_test_images(data_dir, names=showcase)] == showcase
     with pytest.raises(KeyError, match="nope"):
-        make_test_dataset(cfg, data_dir, names=["nope"])
+        load_test_images(data_dir, names=["nope"])
 
 
 def test_antialias_switch_changes_lr(data_dir: Path):
-    (lr_aa, hr_aa, _), = list(make_test_dataset(config(data_dir, antialias=True), data_dir, batch_size=4))
-    (lr_plain, hr_plain, _), = list(make_test_dataset(config(data_dir, antialias=False), data_dir, batch_size=4))
-    np.testing.assert_array_equal(hr_aa.numpy(), hr_plain.numpy())
-    assert not np.array_equal(lr_aa.numpy(), lr_plain.numpy())
-    np.testing.assert_array_equal(to_uint8(lr_plain), degrade.downscale(to_uint8(hr_plain), 4, False).numpy())
+    hr = np.stack([image for _, image in load_test_images(data_dir)])
+    aliased, antialiased = degrade.downscale(hr, 4, False).numpy(), degrade.downscale(hr, 4, True).numpy()
+    assert aliased.shape == antialiased.shape == (len(hr), 32, 32, 3)
+    assert not np.array_equal(aliased, antialiased)
+
+
+def test_random_patches(data_dir: Path):
+    cfg = config(data_dir, patch_size=64, aug_flip=False, aug_color=False)
+    lr, hr = next(iter(train_dataset(cfg, data_dir)))
+    assert lr.shape == (BATCH, 16, 16, 3) and hr.shape == (BATCH, 64, 64, 3)
+    # each patch is a window of some stored face, and LR is its x4 degradation
+    np.testing.assert_array_equal(to_uint8(lr), degrade.downscale(to_uint8(hr), 4, True).numpy())
+    with pytest.raises(Exception, match="patch_size"):
+        config(data_dir, patch_size=40)
+
+
+def test_validation_faces_are_held_out_of_training(data_dir: Path):
+    cfg = config(data_dir, val_count=3, aug_flip=False, aug_color=False, batch_size=2)
+    held_out = validation_images(cfg, data_dir)
+    assert len(held_out) == 3 and all(image.shape == (128, 128, 3) for _, image in held_out)
+    trained = {to_uint8(hr)[i].tobytes() for _, hr in train_dataset(cfg, data_dir) for i in range(len(hr))}
+    total = read_manifest(data_dir)["counts"]["train"]
+    assert len(trained) == (total - 3) // 2 * 2  # one epoch, incomplete batch dropped
+    assert not any(image.tobytes() in trained for _, image in held_out)
+    with pytest.raises(ValueError, match="val_count"):
+        validation_images(config(data_dir, val_count=total), data_dir)
 
 
 def test_load_test_images(data_dir: Path):

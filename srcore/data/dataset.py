@@ -6,7 +6,8 @@ train_dataset: shards -> shuffle -> decode PNG -> (without the validation faces)
 validation_images: the last `val_count` training faces (shard order), held out of
     training for per-epoch metrics and hyper-parameter choice; the test split stays
     untouched until the final evaluation.
-test_dataset: test PNGs in manifest order, never augmented -> (lr, hr, name).
+load_test_images: the test PNGs in manifest order, never augmented (evaluation degrades
+    them with srcore.data.degrade exactly as train_dataset does).
 
 Augmentation uses stateless random ops whose per-image seeds come from
 `tf.data.Dataset.random(seed=cfg.seed)`: the same config gives the same images in
@@ -183,41 +184,6 @@ def make_pair(hr: tf.Tensor, cfg: Config) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 # ---- test split ----------------------------------------------------------------------
-
-
-def test_dataset(
-    cfg: Config,
-    data_dir: str | Path,
-    batch_size: int | None = None,
-    names: Sequence[str] | None = None,
-) -> tf.data.Dataset:
-    """Batches of (lr, hr, name): deterministic, never augmented.
-
-    In manifest order, or in the order of `names` (e.g. manifest["showcase"]) when
-    given. `batch_size` defaults to cfg.batch_size; the last batch may be smaller, so
-    that every test image is seen exactly once.
-    """
-    manifest = _checked_manifest(cfg, data_dir)
-    selected = _select_test_names(manifest, data_dir, names)
-    paths = [str(Path(data_dir).expanduser() / TEST_DIR / f"{name}.png") for name in selected]
-
-    def load(path: tf.Tensor, name: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return decode_crop(tf.io.read_file(path), cfg.hr_size), name
-
-    def pair_with_name(hr: tf.Tensor, name: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        lr, hr = make_pair(hr, cfg)
-        return lr, hr, name
-
-    return (
-        tf.data.Dataset.from_tensor_slices((paths, list(selected)))
-        .map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-        .batch(batch_size or cfg.batch_size)
-        .map(pair_with_name, num_parallel_calls=AUTOTUNE, deterministic=True)
-        .prefetch(AUTOTUNE)
-    )
-
-
-test_dataset.__test__ = False  # a data pipeline, not a pytest test, despite its name
 
 
 def load_test_images(data_dir: str | Path, names: Sequence[str] | None = None) -> list[tuple[str, np.ndarray]]:
