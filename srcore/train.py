@@ -80,9 +80,10 @@ def resolve(cfg: Config) -> tuple[Config, dict[str, str]]:
     """Replace `auto` choices by what this machine and these weights give, with reasons
     (logged as MLflow tags; the resolved values are the params)."""
     precision, precision_reason = resolve_precision(cfg.precision)
-    content, content_reason = resolve_content_loss(cfg.content_loss, cfg.vgg_weights)
-    if not cfg.epochs:
-        content, content_reason = cfg.content_loss if cfg.content_loss != "auto" else "mse", "no adversarial phase"
+    if cfg.epochs or cfg.content_loss != "auto":
+        content, content_reason = resolve_content_loss(cfg.content_loss, cfg.vgg_weights)
+    else:  # no adversarial phase: nothing uses a content loss, load no network for it
+        content, content_reason = "mse", "no adversarial phase"
     return cfg.replace(precision=precision, content_loss=content), {
         "precision_reason": precision_reason, "content_loss_reason": content_reason}
 
