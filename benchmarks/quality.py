@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 
 from srcore import metrics as M  # noqa: E402
 from srcore.config import build_config  # noqa: E402
-from srcore.data.dataset import read_manifest  # noqa: E402
+from srcore.data.manifest import read_manifest  # noqa: E402
 from srcore.data.ingest import ingest  # noqa: E402
 from srcore.evaluate import evaluate  # noqa: E402
 

@@ -39,7 +39,8 @@ from srcore import metrics as M
 from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data import degrade
-from srcore.data.dataset import load_test_images, read_manifest
+from srcore.data.dataset import load_test_images
+from srcore.data.manifest import read_manifest
 from srcore.grids import face_row, sample_grid
 from srcore.lpips import LPIPS, load_lpips
 from srcore.progress import progress

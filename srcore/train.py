@@ -27,7 +27,8 @@ from mlflow.types import Schema, TensorSpec
 from srcore import gpu, tracking
 from srcore.atomic import write_atomic, write_text_atomic
 from srcore.config import Config
-from srcore.data.dataset import read_manifest, train_count, train_dataset, validation_images
+from srcore.data.dataset import train_count, train_dataset, validation_images
+from srcore.data.manifest import read_manifest
 from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse, resolve_content_loss
 from srcore.models import build_discriminator, build_generator
 from srcore.precision import resolve_precision

@@ -16,7 +16,6 @@ the same order in every run, and each epoch draws new ones.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,32 +25,16 @@ from PIL import Image
 
 from srcore.config import Config
 from srcore.data import degrade
-from srcore.data.ingest import FORMAT_VERSION, MANIFEST, TEST_DIR, TRAIN_DIR
+from srcore.data.manifest import MANIFEST, TEST_DIR, TRAIN_DIR, read_manifest  # noqa: F401 - read_manifest re-exported
 
 AUTOTUNE = tf.data.AUTOTUNE
+# the record layout written by srcore.data.tfrecord.serialize_example
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "name": tf.io.FixedLenFeature([], tf.string),
 }
 #: how many shards are read at once (interleaved), so that shuffling mixes shards
 _INTERLEAVE_SHARDS = 4
-
-
-def read_manifest(data_dir: str | Path) -> dict:
-    """The manifest.json of an ingest output; a clear error when there is none."""
-    path = Path(data_dir).expanduser() / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{data_dir} is not an ingest output (no {MANIFEST}): run `srgan ingest` first, "
-            "or pass the --data-dir it wrote to"
-        )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has format_version {manifest.get('format_version')!r}, this code reads "
-            f"{FORMAT_VERSION}: run `srgan ingest --force` to rebuild it"
-        )
-    return manifest
 
 
 def train_count(data_dir: str | Path) -> int:
