@@ -59,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mlflow-plugin", action="store_true", default=None,
                    help="KFP's MLflow plugin injects the tracking URI: do not require mlflow_tracking_uri "
                         "(or set SRGAN_KFP_MLFLOW_PLUGIN=1)")
+    s.add_argument("--pipeline", choices=("main", "sweep"), default="main", help="which pipeline to run")
     s.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
 
     u = sub.add_parser("upload", help="upload the pipeline as a named version (the git commit)")
     _auth_flags(u)
-    u.add_argument("--pipeline-name", default=None, help="default: srgan-celeba")
+    u.add_argument("--pipeline", choices=("main", "sweep"), default="main", help="which pipeline to upload")
+    u.add_argument("--pipeline-name", default=None, help="default: srgan-celeba (main) or srgan-celeba-sweep")
     u.add_argument("--version", default=None, help="default: the git commit (+ -dirty-<UTC time>)")
 
     r = sub.add_parser("run-local", help="run the whole DAG here (kfp.local SubprocessRunner)")
@@ -93,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             result = run.submit(args.host, _params(args.param), experiment=args.experiment, run_name=args.run_name,
                                 namespace=args.namespace, image=args.image, package=args.package,
                                 auth=Auth(token_file=args.token_file, cookie=args.cookie), upload=args.upload,
-                                mlflow_plugin=args.mlflow_plugin)
+                                mlflow_plugin=args.mlflow_plugin, pipeline=args.pipeline)
             print(result["url"])
         elif args.cmd == "upload":
             result = run.upload(args.host, image=args.image, package=args.package, namespace=args.namespace,
                                 auth=Auth(token_file=args.token_file, cookie=args.cookie),
-                                pipeline_name=args.pipeline_name or run.PIPELINE_NAME, version=args.version)
+                                pipeline_name=args.pipeline_name, version=args.version, pipeline=args.pipeline)
             print(json.dumps(result))
         else:
             params = {"preset": args.preset, **_params(args.param)}

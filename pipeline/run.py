@@ -17,7 +17,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from components._common import LOCAL_IMAGE, checkout_commit, resolve_image
 from pipeline import client as kfp_client
@@ -52,11 +52,25 @@ def compile_pipeline(out: str | os.PathLike, image: str | None = None, cluster: 
     return out
 
 
-def _package_and_defaults(package: str | os.PathLike | None) -> tuple[Path | None, dict[str, str]]:
+PIPELINES = ("main", "sweep")
+
+
+def pipeline_kind(kind: str) -> tuple[str, Callable, Callable]:
+    """(name, builder, compile function) of the `main` or the `sweep` pipeline."""
+    if kind == "sweep":
+        from pipeline.sweep import SWEEP_PIPELINE_NAME, build_sweep_pipeline, compile_sweep
+
+        return SWEEP_PIPELINE_NAME, build_sweep_pipeline, compile_sweep
+    if kind != "main":
+        raise ValueError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINES)}")
+    return PIPELINE_NAME, build_pipeline, compile_pipeline
+
+
+def _package_and_defaults(package: str | os.PathLike | None, builder: Callable) -> tuple[Path | None, dict[str, str]]:
     """(the given package or None, the parameter defaults it will run with)."""
     if package:
         return Path(package), preflight.package_defaults(package)
-    return None, preflight.parameter_defaults(build_pipeline())
+    return None, preflight.parameter_defaults(builder())
 
 
 def submit(
@@ -71,22 +85,24 @@ def submit(
     auth: kfp_client.Auth | None = None,
     upload: bool = False,
     mlflow_plugin: bool | None = None,
+    pipeline: str = "main",
 ) -> dict[str, str]:
     """Create a run on the KFP API at `host`; returns {"run_id", "url"} (+ pipeline ids
     with `upload`). Parameters are checked (pipeline.preflight) before anything is
     compiled or sent."""
     auth = auth or kfp_client.Auth(token=token)
+    pipeline_name, builder, compile_fn = pipeline_kind(pipeline)
     with tempfile.TemporaryDirectory(prefix="srgan-submit-") as tmp:
-        path, defaults = _package_and_defaults(package)
+        path, defaults = _package_and_defaults(package, builder)
         arguments, _ = preflight.check_run(params or {}, defaults, cluster=True, mlflow_plugin=mlflow_plugin)
-        path = path or compile_pipeline(Path(tmp) / f"{PIPELINE_NAME}.yaml", image=image)
+        path = path or compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
         client, ns = kfp_client.connect(host, auth, namespace)
-        name = run_name or f"{PIPELINE_NAME} {time.strftime('%Y-%m-%d %H-%M-%S')}"
+        name = run_name or f"{pipeline_name} {time.strftime('%Y-%m-%d %H-%M-%S')}"
         with kfp_client.quiet_stdout():
             exp = client.create_experiment(experiment or "Default", namespace=ns)
         result: dict[str, str] = {}
         if upload:
-            pipeline_id, version_id = kfp_client.upload(client, path, PIPELINE_NAME,
+            pipeline_id, version_id = kfp_client.upload(client, path, pipeline_name,
                                                         kfp_client.version_name(checkout_commit()), namespace=ns)
             result.update(pipeline_id=pipeline_id, pipeline_version_id=version_id)
             source = dict(pipeline_id=pipeline_id, version_id=version_id)
@@ -106,14 +122,18 @@ def upload(
     package: str | os.PathLike | None = None,
     namespace: str | None = None,
     auth: kfp_client.Auth | None = None,
-    pipeline_name: str = PIPELINE_NAME,
+    pipeline_name: str | None = None,
     version: str | None = None,
+    pipeline: str = "main",
 ) -> dict[str, str]:
-    """Upload the pipeline as version `version` (default: the git commit) of
-    `pipeline_name`; returns {"pipeline_id", "pipeline_version_id", "version"}."""
+    """Upload the `pipeline` (main or sweep) as version `version` (default: the git
+    commit) of `pipeline_name` (default: its own name); returns {"pipeline_id",
+    "pipeline_version_id", "version"}."""
+    default_name, _, compile_fn = pipeline_kind(pipeline)
+    pipeline_name = pipeline_name or default_name
     version = version or kfp_client.version_name(checkout_commit())
     with tempfile.TemporaryDirectory(prefix="srgan-upload-") as tmp:
-        path = Path(package) if package else compile_pipeline(Path(tmp) / f"{PIPELINE_NAME}.yaml", image=image)
+        path = Path(package) if package else compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
         client, ns = kfp_client.connect(host, auth, namespace)
         pipeline_id, version_id = kfp_client.upload(client, path, pipeline_name, version, namespace=ns)
     return {"pipeline_id": pipeline_id, "pipeline_version_id": version_id, "version": version}

@@ -320,3 +320,12 @@ def test_run_local_preflight_refuses_before_writing(isolated, caplog):
     assert main(["run-local", "--preset", "seed", "--root", str(root)]) == 2
     assert not root.exists()
     assert "invalid parameter source=" in caplog.text
+
+
+def test_submit_the_sweep_pipeline(kfp_api):
+    from pipeline.__main__ import main
+
+    host, requests = kfp_api
+    assert main(["submit", "--host", host, "--image", IMAGE, "--pipeline", "sweep", *SMOKE]) == 0
+    (run,) = _posts(requests, "/runs")
+    assert run["body"]["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "srgan-celeba-sweep"
