@@ -147,7 +147,12 @@ def check_replaceable(
     folder = Path(path).expanduser()
     if not (folder.exists() or folder.is_symlink()):
         return
-    if not folder.is_dir() or folder.is_symlink():
+    if folder.is_symlink():
+        raise OutputDirError(
+            f"output folder {folder} is a symbolic link: it is replaced as a whole, so pass the real folder "
+            f"({os.path.realpath(folder)}) instead"
+        )
+    if not folder.is_dir():
         raise OutputDirError(f"output folder {folder} exists and is not a folder; pass a folder path")
     if not any(folder.iterdir()):
         return

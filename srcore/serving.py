@@ -144,15 +144,23 @@ class SRUpscaler(mlflow.pyfunc.PythonModel):
         self.generator = load_generator(context.artifacts[GENERATOR_ARTIFACT])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        from srcore.upscale import UpscaleTimeout, upscale_array
+        from srcore.upscale import UpscaleTimeout, check_image_array, upscale_array
 
         params = params or {}
         default_tile, default_overlap = self.limits.default_tiling()
         tile = _int_param(params, "tile", default_tile)
         overlap = _int_param(params, "overlap", default_overlap)
         encoding = str(params.get("encoding") or "array")
-        images, shape = _as_images(model_input)
+        try:
+            images, shape = _as_images(model_input)
+        except (ValueError, TypeError) as err:  # a clear 400, not "unexpected error"
+            _refuse(str(err))
         self.limits.check([img.shape[:2] for img in images], tile, overlap, encoding)
+        for i, img in enumerate(images):
+            try:
+                check_image_array(img, f"input image {i}")
+            except (ValueError, TypeError) as err:
+                _refuse(str(err))
         log.debug("predict: %s input, %d image(s)", shape, len(images))
         deadline = time.monotonic() + self.limits.max_seconds
         try:

@@ -100,7 +100,7 @@ def upscale_array(
     path) is used in error messages. `deadline` (time.monotonic()) is checked before
     every tile: past it, UpscaleTimeout is raised and no further tile is computed."""
     img = np.asarray(img)
-    _check_image_array(img, name)
+    check_image_array(img, name)
     tile = _tile_size(tile, overlap)
     scale = generator_scale(generator)
     run = _Tiler(generator, scale, tile, overlap, deadline, name)
@@ -116,7 +116,7 @@ def upscale_array(
     return np.dstack([run.rgb(img[..., :3]), _upscale_alpha(img[..., 3], scale)])
 
 
-def _check_image_array(img: np.ndarray, name: str) -> None:
+def check_image_array(img: np.ndarray, name: str) -> None:
     if img.dtype != np.uint8:
         raise TypeError(f"{name}: expected a uint8 image, got dtype {img.dtype}")
     if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 2, 3, 4)):

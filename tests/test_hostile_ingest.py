@@ -309,3 +309,32 @@ def test_kill_9_takes_the_workers_along_and_the_next_run_cleans_up(faces: Path, 
     assert not temp[0].exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "faces"]
     assert manifest["counts"]["train"] == 6
+
+
+# ---- more hostile layouts ---------------------------------------------------------------------
+
+
+def test_output_inside_the_source_is_not_read_back_and_source_inside_output_is_refused(faces: Path, tmp_path: Path, caplog):
+    out = faces / "data"  # e.g. --source . --data-dir ./data
+    first = ingest(config(faces, out))
+    caplog.set_level(logging.INFO)
+    assert ingest(config(faces, out)) == first and "up to date" in caplog.text  # its own PNGs are not candidates
+    assert not any("data/" in s.get("path", "") for s in first["skipped"])
+
+    with pytest.raises(ConfigError, match="not written by srgan ingest"):
+        ingest(config(faces, faces, force=True))
+    assert sorted(p.name for p in faces.iterdir() if p.suffix == ".jpg") == [f"{n}.jpg" for n in celeba_names(8)]
+    with pytest.raises(ConfigError, match="source .* is inside it"):  # re-ingesting an output's own test PNGs
+        ingest(config(out / "test", out, limit=2, test_count=1, force=True))
+    assert ingest(config(faces, out)) == first
+
+
+def test_a_symlinked_output_folder_is_refused_not_replaced(faces: Path, tmp_path: Path):
+    real = tmp_path / "big-disk"
+    real.mkdir()
+    (real / "keep.txt").write_text("x")
+    link = tmp_path / "data"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        ingest(config(faces, link))
+    assert link.is_symlink() and (real / "keep.txt").read_text() == "x"

@@ -181,3 +181,9 @@ def test_load_oversized_requests_fail_fast_normal_ones_succeed_memory_bounded(bo
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(20)
+
+
+def test_a_degenerate_image_is_a_400_that_says_why(bounded):
+    with pytest.raises(MlflowException, match="too small") as err:
+        invoke(bounded[1], {"inputs": [image(1, 1).tolist()], "params": {"tile": 8}})
+    assert err.value.get_http_status_code() == 400

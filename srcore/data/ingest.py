@@ -102,6 +102,7 @@ def ingest(cfg: Config, out_dir: str | os.PathLike | None = None) -> dict:
     out = Path(out_dir if out_dir is not None else cfg.data_dir).expanduser().absolute()
     params = ingest_params(cfg)
     _check_output_dir(out)
+    _check_source_outside_output(cfg.source, out)
     remove_stale_siblings(out)
 
     skipped: list[dict[str, str]] = []
@@ -137,6 +138,18 @@ def source_identity(cfg: Config, candidates: Sequence[sources.Entry]) -> dict:
         source["candidates"] = len(candidates)
         source["fingerprint"] = sources.fingerprint(candidates)
     return source
+
+
+def _check_source_outside_output(spec: str, out: Path) -> None:
+    """A source inside the output folder would be deleted by the very ingest reading it."""
+    if spec == sources.DEMO_NAME or "://" in spec:
+        return
+    source = Path(spec).expanduser().resolve()
+    if source == out.resolve() or out.resolve() in source.parents:
+        raise ConfigError(
+            f"invalid parameter data_dir={str(out)!r}: the source {source} is inside it, and ingest replaces "
+            "data_dir as a whole; pass a data_dir outside the source"
+        )
 
 
 def _check_output_dir(out: Path) -> None:

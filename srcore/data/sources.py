@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from srcore.atomic import MARKER as OUTPUT_MARKER
 from srcore.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -405,8 +406,15 @@ def _directory_entries(
     top = str(root)
     real_top = os.path.realpath(top)
     found: list[tuple[str, ImageData]] = []
-    for folder, subfolders, files in os.walk(top):  # does not follow directory symlinks
-        subfolders.sort()
+    def unreadable(err: OSError) -> None:
+        _report(on_skip, "", os.path.relpath(err.filename or top, top), f"unreadable folder: {err.strerror or err}")
+
+    for folder, subfolders, files in os.walk(top, onerror=unreadable):  # does not follow directory symlinks
+        # Not into hidden folders (srgan's temporaries among them) nor into srgan outputs
+        # (an ingest output inside its own source would otherwise feed the next run).
+        subfolders[:] = sorted(
+            d for d in subfolders if not d.startswith(".") and not os.path.exists(os.path.join(folder, d, OUTPUT_MARKER))
+        )
         prefix = os.path.relpath(folder, top).replace(os.sep, "/") + "/"
         prefix = "" if prefix == "./" else prefix
         for file in files:
