@@ -296,6 +296,11 @@ def storage_uri_for(cfg: Config, name: str, version: str) -> str:
     mv = client.get_model_version(name, version)
     if not mv.run_id:
         raise ValueError(f"registered model {name} version {version} has no run; set deploy_storage_uri")
+    if not client.list_artifacts(mv.run_id, SAVEDMODEL_ARTIFACT):
+        raise ValueError(
+            f"run {mv.run_id} of {name} version {version} has no '{SAVEDMODEL_ARTIFACT}/' artifact (train logs it "
+            "with srcore.export.log_savedmodel); export one (`srgan export`) and set deploy_storage_uri to it"
+        )
     artifact_root = client.get_run(mv.run_id).info.artifact_uri.rstrip("/")
     return check_storage_uri(f"{artifact_root}/{SAVEDMODEL_ARTIFACT}")
 

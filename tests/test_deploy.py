@@ -272,3 +272,28 @@ def test_main_pipeline_deploys_only_a_new_champion_when_asked(tmp_path):
     inputs = task["inputs"]["parameters"]
     assert inputs["model_version"]["componentInputParameter"].endswith("register-version")
     assert inputs["namespace"]["componentInputParameter"].endswith("deploy_namespace")
+
+
+def test_storage_uri_comes_from_the_versions_run_and_must_be_readable_by_kserve(tracking):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from srcore.export import log_savedmodel
+    from srcore.models import build_generator
+
+    client = MlflowClient()
+    client.create_registered_model("srgan-storage-test")
+    with mlflow.start_run() as bare:
+        pass
+    mv = client.create_model_version("srgan-storage-test", "s3://bucket/m", run_id=bare.info.run_id)
+    cfg = _cfg(registered_model_name="srgan-storage-test")
+    with pytest.raises(ValueError, match="no 'savedmodel/' artifact"):
+        deploy.storage_uri_for(cfg, "srgan-storage-test", str(mv.version))
+
+    with mlflow.start_run() as run:
+        log_savedmodel(build_generator(4, 1, 4))
+    mv = client.create_model_version("srgan-storage-test", "s3://bucket/m", run_id=run.info.run_id)
+    # a local file store is no place KServe can download from: the error says what to configure
+    with pytest.raises(ValueError, match="deploy_storage_uri"):
+        deploy.storage_uri_for(cfg, "srgan-storage-test", str(mv.version))
+    assert deploy.storage_uri_for(_cfg(deploy_storage_uri="gs://b/sm"), "srgan-storage-test", "1") == "gs://b/sm"
