@@ -25,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from srcore import gpu, tracking
-from srcore.atomic import write_atomic, write_text_atomic
+from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data.dataset import train_count, train_dataset, validation_images
 from srcore.data.manifest import read_manifest
@@ -298,6 +298,12 @@ def _epoch_eval(trainer: Trainer, epoch_done: int, val_images: list | None) -> N
     log.info("epoch %d %s metrics: %s", epoch_done, split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
+def _is_training_output(relative_path: str) -> bool:
+    """A file of a training folder written before ownership markers existed."""
+    return relative_path.startswith("checkpoints/") or relative_path in (
+        RUN_ID_FILE, MODEL_URI_FILE, GENERATOR_FILE, SRRESNET_FILE, FAULT_MARKER, "train_summary.json")
+
+
 def _last_logged(run_id: str, key: str) -> int:
     """The highest step at which `key` was logged in the run (0 if never)."""
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, key)
@@ -327,6 +333,10 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
     # save an input example (it writes it before creating the model folder).
     mlflow.tensorflow.log_model(trainer.generator, name="generator", signature=signature, input_example=example)
     info = log_upscaler(str(generator_path), name="upscaler")
+    # the serving SavedModel (uint8 in/out, TF Serving layout) beside it: what KServe serves
+    from srcore.export import log_savedmodel
+
+    log_savedmodel(trainer.generator, cfg=cfg)
     return info.model_uri
 
 
@@ -335,8 +345,8 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
     gpu_tags = gpu.preflight(cfg.require_gpu)  # seconds, before anything is built or logged
     cfg, reasons = resolve(cfg)
     data_dir = Path(data_dir or cfg.data_dir)
-    model_dir = Path(model_dir or cfg.model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    # srcore.atomic's ownership rule: resume in a folder train made, never write into another
+    model_dir = claim_output_dir(Path(model_dir or cfg.model_dir), "train", adopt=_is_training_output)
     manifest = read_manifest(data_dir)
     trainer = Trainer(cfg, data_dir, model_dir, steps_per_epoch(cfg, data_dir))
     start_epoch = trainer.restore()

@@ -212,3 +212,14 @@ def test_rerunning_a_finished_training_is_a_no_op(tmp_path, smoke_data, tracking
     again = train(cfg)
     assert again.model_uri == first.model_uri and again.run_id == first.run_id
     assert _history(first.run_id, "g_loss") == history
+
+
+def test_train_refuses_a_model_dir_it_did_not_write(tmp_path, smoke_data, tracking):
+    from srcore.atomic import OutputDirError
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match=str(model_dir)):
+        train(_cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=0, eval_every=0))
+    assert (model_dir / "notes.txt").read_text() == "mine" and sorted(p.name for p in model_dir.iterdir()) == ["notes.txt"]
