@@ -6,6 +6,10 @@ register (plus the exit task `finish`). The base image is one setting for all of
 (compile) time, else `ghcr.io/your-org/srgan-celeba:<package version>`.
 """
 
+# Known repeats (`duplicates`): the components' signatures look alike (artifacts,
+# config_json, mlflow_tracking_uri, parent_run_id) because KFP reads each component's
+# explicit signature and embeds only its own body; tests/test_steps.py checks them
+# against srcore.steps.STEPS and srcore.kfp_glue.STEP_PARAMS instead.
 from components._common import BASE_IMAGE, IMAGE_ENV, default_image, with_image
 
 __all__ = ["BASE_IMAGE", "IMAGE_ENV", "default_image", "with_image", "all_components"]

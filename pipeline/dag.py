@@ -180,8 +180,9 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
         if gpu and s.gpu_toleration:
             kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
 
-    # pipeline/dag.py spells out srcore.kfp_glue.PIPELINE_CONFIG_PARAMS (source ... require_gpu)
-    # again because KFP needs explicit signatures; tests/test_steps.py keeps them equal.
+    # Known repeat (`duplicates`): this signature spells out srcore.kfp_glue.PIPELINE_CONFIG_PARAMS
+    # (source ... require_gpu) like components/ingest.py and pipeline/sweep.py, because KFP
+    # reads explicit signatures; tests/test_steps.py keeps them equal.
     def srgan_pipeline(
         source: str = "",
         limit: str = "",

@@ -1,8 +1,10 @@
-"""`mlflow run . --env-manager local` end to end against a real `mlflow server`."""
+"""`mlflow run . --env-manager local` end to end: the README's main-job command in a fresh
+folder, and the refusal without a source."""
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,33 +13,66 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_mlflow_run_main_smoke_creates_parent_with_child_per_step(tmp_path, server_tracking):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server_tracking, "MLFLOW_EXPERIMENT_NAME": "mlproject-e2e"}
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment() exports the latter
+def _env(tracking_uri: str) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(var, None)
+    return env
+
+
+def test_mlflow_run_without_source_stops_at_once_naming_source(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "epochs=1",
+           "-P", f"data_dir={tmp_path / 'data'}"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(uri), capture_output=True, text=True, timeout=300)
+    print(f"refused after {time.monotonic() - start:.0f}s")
+    assert proc.returncode != 0
+    assert "source" in proc.stderr and "img_align_celeba.zip" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
+    """The README's quick-start command (`mlflow run . --env-manager local -P preset=smoke
+    -P source=demo`) in a fresh folder, with the output folders in that folder too."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    work = tmp_path / "work"
     cmd = [
         sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
-        "--experiment-name", "mlproject-e2e",
-        "-P", "preset=smoke", "-P", "data=demo", "-P", "registered_model_name=mlproject-e2e",
-        "-P", f"work_dir={tmp_path / 'work'}",
+        "-P", "preset=smoke", "-P", "source=demo",
+        "-P", f"data_dir={work / 'data'}", "-P", f"model_dir={work / 'model'}", "-P", f"eval_dir={work / 'eval'}",
     ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(uri), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    client = mlflow.MlflowClient(server_tracking)
-    exp = client.get_experiment_by_name("mlproject-e2e")
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("srgan-celeba")
+    assert exp is not None
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     parent = parents[0]
+    assert parent.info.run_name == "demo p1+e2 mse bs8"
+    assert parent.data.params and all(v != "" for v in parent.data.params.values())
+    assert parent.data.params["epochs"] == "2" and parent.data.params["source"] == "demo"
     children = {r.data.tags["srgan.step"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"ingest", "train", "evaluate", "register"}
+    assert {r.info.run_name for r in children.values()} == {f"{s} demo p1+e2 mse bs8" for s in children}
     assert all(r.info.status == "FINISHED" for r in runs)
+
+    # the run `mlflow run` created (Default experiment) is only a launcher pointing at ours
+    (launcher,) = client.search_runs(["0"])
+    assert launcher.data.tags["srgan.run_id"] == parent.info.run_id
+    assert parent.data.tags["srgan.launcher_run_id"] == launcher.info.run_id
 
     train_run = children["train"]
     assert len(client.get_metric_history(train_run.info.run_id, "g_loss")) == 3  # 1 pretrain + 2 GAN epochs
     assert {a.path for a in client.list_artifacts(train_run.info.run_id)} >= {"images"}
     assert "test_psnr" in children["evaluate"].data.metrics
-    version = client.get_model_version_by_alias("mlproject-e2e", "champion")
-    assert version.version == "1"
+    versions = client.search_model_versions("name='srgan-celeba'")
+    assert len(versions) == 1
+    # evaluation metrics on the LoggedModel too: the Models tab compares models
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    scored = [m for m in models if "test_psnr" in {x.key for x in m.metrics or []}]
+    assert len(scored) == 1 and scored[0].source_run_id == train_run.info.run_id
