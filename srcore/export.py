@@ -170,11 +170,11 @@ def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, cfg: Conf
     return uri
 
 
-def export_step(cfg: Config, model: Any, out: str | os.PathLike, name: str | None = None,
+def export_step(cfg: Config, model: Any, out: str | os.PathLike, model_name: str | None = None,
                 version: int | str | None = None) -> dict[str, Any]:
-    """The `export` step: `model` (anything upscale takes) -> `<out>/<name>/<version>/`.
-    `name` defaults to cfg.registered_model_name, `version` to cfg.export_version."""
-    name = name or cfg.registered_model_name
+    """The `export` step: `model` (anything upscale takes) -> `<out>/<model_name>/<version>/`.
+    `model_name` defaults to cfg.registered_model_name, `version` to cfg.export_version."""
+    name = model_name or cfg.registered_model_name
     version = version or cfg.export_version
     max_pixels, max_batch = _limits(cfg)
     path = export_savedmodel(model, out, name, version, max_pixels, max_batch)

@@ -101,8 +101,8 @@ STEPS: dict[str, Step] = {
     "export": Step(
         "srcore.export:export_step", _fields("export", "serve", extra=("registered_model_name",)),
         (Input("model", ".keras path or MLflow model URI (anything upscale takes)", required=True),
-         Input("out", "output folder: the SavedModel goes to <out>/<name>/<export_version>/", required=True),
-         Input("name", "model name folder (default: registered_model_name)")),
+         Input("out", "output folder: the SavedModel goes to <out>/<model_name>/<export_version>/", required=True),
+         Input("model_name", "model name folder (default: registered_model_name)")),
         ("savedmodel_dir", "model_base_path", "name", "version", "signature", "max_pixels", "max_batch"),
         "write a TensorFlow SavedModel (uint8 in, uint8 x4 out) in the TF Serving / KServe layout",
     ),
