@@ -123,10 +123,14 @@ class ServingLimits:
             _refuse(f"encoding={encoding!r} is not one of {', '.join(ENCODINGS)}")
 
 
+class RequestRefused(MlflowException, ValueError):
+    """A request the model will not run (HTTP 400); also a ValueError for direct callers."""
+
+
 def _refuse(message: str) -> None:
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    raise RequestRefused(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class SRUpscaler(mlflow.pyfunc.PythonModel):
