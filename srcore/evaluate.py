@@ -208,6 +208,19 @@ def quick_eval(generator: Any, cfg: Config, data_dir: str | os.PathLike,
     return {k: summary[f"test_{k}"] for k in QUICK_KEYS}, sample_grid(grid_rows)
 
 
+def test_split_hash(data_dir: str | os.PathLike, manifest: dict) -> str:
+    """sha256 over the test split's names and bytes, in split order: equal for two
+    ingest outputs whose training data differ but whose test faces are the same."""
+    import hashlib
+
+    from srcore.data.manifest import TEST_DIR, file_sha256
+
+    digest = hashlib.sha256()
+    for name in manifest["test_files"]:
+        digest.update(f"{name}\0{file_sha256(Path(data_dir) / TEST_DIR / f'{name}.png')}\n".encode())
+    return digest.hexdigest()
+
+
 # ---- the evaluate step ------------------------------------------------------------------
 
 
@@ -269,6 +282,8 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
             "model": label,
             "data_dir": str(data_dir),
             "data_manifest_hash": manifest.get("content_hash"),
+            # the test images alone: the registry compares models only on the same test split
+            "test_split_hash": test_split_hash(data_dir, manifest),
             "counts": {"images": len(rows), "showcase": len(grid_rows), "lpips": len(rows) if lpips else 0,
                        "lpips_alex": len(rows) if "lpips_alex" in lpips else 0},
             "how": describe(cfg, lpips_note),

