@@ -1,8 +1,8 @@
 """The sweep pipeline: ingest once, then train + evaluate for every trial in parallel,
 then pick the best trial and register only it.
 
-    ingest -> ParallelFor(trials, parallelism): start_trial -> train -> evaluate
-           -> pick_best (dsl.Collected over the trials) -> register through the gate
+    ingest -> sweep-trials: ParallelFor(trials, parallelism): start_trial -> train -> evaluate
+                            -> pick_best (dsl.Collected over the trials; registers through the gate)
 
 `trials` is a JSON list parameter of Config overrides (learning rates x content losses
 by default). Each iteration's MLflow run is a child of the pipeline's parent run and
@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from kfp import dsl, kubernetes
+from kfp.dsl import Dataset, Input
 
 import components
 from components.pick_best import pick_best
@@ -67,6 +68,44 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
         if gpu and s.gpu_toleration:
             kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
 
+    # The trials and the pick live in a pipeline of their own, called with ingest's outputs:
+    # inside it those are pipeline inputs. (kfp.local 2.17 hands a ParallelFor the loop item
+    # in place of every upstream *task output* it consumes; a cluster runs both forms alike.)
+    @dsl.pipeline(name="srgan-sweep-trials")
+    def sweep_trials(trials: list, config_json: str, parent_run_id: str, manifest_hash: str, dataset: Input[Dataset],
+                     mlflow_tracking_uri: str, pvc_name: str):
+        with dsl.ParallelFor(trials, parallelism=parallelism) as trial:
+            opened = glue["start_trial"](config_json=config_json, trial=trial, trials=trials,
+                                         mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent_run_id)
+            _resources(opened, s.register).set_caching_options(False)
+            platform(opened)
+            in_trial = dict(mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=opened.outputs["trial_run_id"])
+            train = comps["train"](dataset=dataset, config_json=config_json, overrides=opened.outputs["overrides"],
+                                   **in_trial)
+            _resources(train, s.train).set_caching_options(False)
+            train.set_retry(num_retries=s.train_retries, backoff_duration="120s", backoff_factor=2.0)
+            if cluster and s.gpu_count > 0:
+                train.set_accelerator_type(s.gpu_type).set_accelerator_limit(s.gpu_count)
+            if cluster:
+                kubernetes.set_timeout(train, s.train_timeout_seconds)
+            platform(train, gpu=True, volume=pvc_name)
+            evaluate = comps["evaluate"](dataset=dataset, model=train.outputs["model"],
+                                         config_json=train.outputs["config_json"], model_uri=train.outputs["model_uri"],
+                                         **in_trial)
+            _resources(evaluate, s.evaluate).set_caching_options(False)
+            platform(evaluate, volume=pvc_name)
+
+        pick = glue["pick_best"](
+            trial_run_ids=dsl.Collected(opened.outputs["trial_run_id"]),
+            metrics=dsl.Collected(evaluate.outputs["metrics"]),
+            config_json=config_json, manifest_hash=manifest_hash,
+            mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent_run_id,
+        )
+        _resources(pick, s.register).set_caching_options(False)
+        # idempotent: the registry returns the existing version for the same model URI
+        pick.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
+        platform(pick)
+
     def srgan_sweep(
         trials: list = DEFAULT_TRIALS,
         source: str = "",
@@ -101,40 +140,10 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
             _resources(ingest, s.ingest).set_caching_options(False)
             ingest.set_retry(num_retries=s.ingest_retries, backoff_duration="60s", backoff_factor=2.0)
             platform(ingest, volume=pvc_name)
-            config_json, parent = ingest.outputs["config_json"], ingest.outputs["parent_run_id"]
-
-            with dsl.ParallelFor(trials, parallelism=parallelism) as trial:
-                opened = glue["start_trial"](config_json=config_json, trial=trial, trials=trials,
-                                             mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent)
-                _resources(opened, s.register).set_caching_options(False)
-                platform(opened)
-                in_trial = dict(mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=opened.outputs["trial_run_id"])
-                train = comps["train"](dataset=ingest.outputs["dataset"], config_json=config_json,
-                                       overrides=opened.outputs["overrides"], **in_trial)
-                _resources(train, s.train).set_caching_options(False)
-                train.set_retry(num_retries=s.train_retries, backoff_duration="120s", backoff_factor=2.0)
-                if cluster and s.gpu_count > 0:
-                    train.set_accelerator_type(s.gpu_type).set_accelerator_limit(s.gpu_count)
-                if cluster:
-                    kubernetes.set_timeout(train, s.train_timeout_seconds)
-                platform(train, gpu=True, volume=pvc_name)
-                evaluate = comps["evaluate"](dataset=ingest.outputs["dataset"], model=train.outputs["model"],
-                                             config_json=train.outputs["config_json"],
-                                             model_uri=train.outputs["model_uri"], **in_trial)
-                _resources(evaluate, s.evaluate).set_caching_options(False)
-                platform(evaluate, volume=pvc_name)
-
-            pick = glue["pick_best"](
-                trial_run_ids=dsl.Collected(opened.outputs["trial_run_id"]),
-                metrics=dsl.Collected(evaluate.outputs["metrics"]),
-                config_json=config_json, manifest_hash=ingest.outputs["content_hash"],
-                mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent,
-            )
-            _resources(pick, s.register).set_caching_options(False)
-            # idempotent: the registry returns the existing version for the same model URI
-            pick.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
-            platform(pick)
-            return pick
+            return sweep_trials(trials=trials, config_json=ingest.outputs["config_json"],
+                                parent_run_id=ingest.outputs["parent_run_id"],
+                                manifest_hash=ingest.outputs["content_hash"], dataset=ingest.outputs["dataset"],
+                                mlflow_tracking_uri=mlflow_tracking_uri, pvc_name=pvc_name)
 
         if cluster:
             with dsl.ExitHandler(finish, name="srgan-sweep-steps"):

@@ -127,7 +127,8 @@ def test_sweep_pipeline_compiles_with_parallel_for_and_collected_pick(tmp_path):
     loop = next(t for n, t in tasks.items() if n.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("trials")
     assert loop["iteratorPolicy"] == {"parallelismLimit": 2}
-    assert "ingest" in loop["dependentTasks"]
+    block = next(t for n, t in tasks.items() if "sweep-trials" in n)  # ingest once, before every trial
+    assert "ingest" in block["dependentTasks"]
     loop_tasks = set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"])
     assert loop_tasks == {"start-trial", "train", "evaluate"}
     pick = tasks["pick-best"]
