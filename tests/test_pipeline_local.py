@@ -2,7 +2,8 @@
 SubprocessRunner, use_venv=False) on the offline demo images with the smoke preset,
 tracked on a real MLflow server.
 
-1. KFP without the MLflow plugin: one parent run, four child runs, a registered version.
+1. KFP without the MLflow plugin: one parent run (ended by the final task), four child
+   runs, a registered version; data and model on the "volume" (a local folder here).
 2. Simulating the plugin: MLFLOW_RUN_ID / MLFLOW_EXPERIMENT_ID / MLFLOW_TRACKING_URI set.
    The plugin gives every task its own run; the local runner can only pass one
    environment to all tasks, so here all four steps share that one run. What is checked
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run_local(tmp_path: Path, monkeypatch, env_extra: dict[str, str], params: dict[str, str],
-               extra_args: tuple[str, ...] = ()) -> dict:
+               extra_args: tuple[str, ...] = (), expect_failure: bool = False) -> dict:
     tmp = tmp_path / "tmp"
     tmp.mkdir(exist_ok=True)
     monkeypatch.setenv("TMPDIR", str(tmp))
@@ -50,6 +51,9 @@ def _run_local(tmp_path: Path, monkeypatch, env_extra: dict[str, str], params: d
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     took = time.monotonic() - start
     (tmp_path / f"run-local-{int(time.time())}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if expect_failure:
+        assert proc.returncode != 0
+        return {"stderr": proc.stderr}
     assert proc.returncode == 0, f"run-local failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     print(f"run-local took {took:.0f}s")
     # run-local points TMPDIR under its root: the components' sources (KFP's `mktemp -d`) are there
@@ -60,12 +64,20 @@ def _run_local(tmp_path: Path, monkeypatch, env_extra: dict[str, str], params: d
     return result
 
 
-def _check_artifacts(result: dict) -> None:
-    manifest = json.loads((Path(result["dataset"]) / "manifest.json").read_text())
-    assert manifest["counts"]["test"] == 8 and manifest["counts"]["train"] == 40
-    assert list((Path(result["dataset"]) / "test").glob("*.png"))
+def _volume_path(artifact_file: str) -> Path:
+    """The artifacts are small pointers: their file holds the volume path (and metadata)."""
+    return Path(json.loads(Path(artifact_file).read_text())["volume_path"])
 
-    generator = Path(result["model"]) / "generator.keras"
+
+def _check_artifacts(result: dict, root: Path) -> None:
+    data_dir = _volume_path(result["dataset"])
+    assert data_dir.is_relative_to(root / "tmp" / "srgan-volume" / "data")  # the local stand-in of the volume
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert manifest["counts"]["test"] == 8 and manifest["counts"]["train"] + manifest["counts"].get("val", 0) == 40
+    assert list((data_dir / "test").glob("*.png"))
+    assert json.loads(Path(result["dataset"]).read_text())["content_hash"] == manifest["content_hash"]
+
+    generator = _volume_path(result["model"]) / "generator.keras"
     assert generator.is_file() and zipfile.is_zipfile(generator)
     assert result["model_uri"].startswith("models:/")
 
@@ -95,14 +107,17 @@ def test_pipeline_local_parent_and_children(mlflow_server, tmp_path, monkeypatch
         "source": "demo", "experiment_name": experiment, "registered_model_name": model_name,
         "mlflow_tracking_uri": mlflow_server,
     })
-    _check_artifacts(result)
+    _check_artifacts(result, tmp_path / "run")
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     (parent,) = [r for r in runs if r.data.tags.get("srgan.step") == "pipeline"]
-    assert parent.data.tags.get("srgan.kfp_run_id")  # claimed by train for this KFP run
+    assert parent.data.tags.get("srgan.kfp_run_id")  # this KFP run's
+    assert parent.info.status == "FINISHED"  # ended by the final task, not at creation
+    assert parent.info.run_name == "demo p1+e2 mse bs8"
     assert parent.data.params["epochs"] == "2" and parent.data.params["registered_model_name"] == model_name
+    assert "" not in parent.data.params.values()
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert {r.data.tags.get("srgan.step") for r in children} == STEPS
     assert len(children) == 4 and len(runs) == 5
@@ -131,7 +146,7 @@ def test_pipeline_local_under_mlflow_plugin_env(mlflow_server, tmp_path, monkeyp
         {"source": "demo", "experiment_name": unused_experiment, "registered_model_name": model_name,
          "mlflow_tracking_uri": "http://127.0.0.1:9"},
     )
-    _check_artifacts(result)
+    _check_artifacts(result, tmp_path / "run")
 
     runs = client.search_runs([exp_id], max_results=100)
     assert [r.info.run_id for r in runs] == [task_run]  # no parent, no child runs of our own
@@ -142,33 +157,33 @@ def test_pipeline_local_under_mlflow_plugin_env(mlflow_server, tmp_path, monkeyp
     assert version.run_id == task_run
 
 
-def test_pipeline_local_cached_ingest_gets_a_new_parent(mlflow_server, tmp_path, monkeypatch):
-    """Ingest is cacheable: a second run reuses its output (and hands down the first run's
-    parent); train notices and opens a parent run for the second KFP run."""
+def test_pipeline_local_train_fails_after_epoch_1_then_rerun_resumes(mlflow_server, tmp_path, monkeypatch):
+    """Train dies once right after checkpointing epoch 1 (SRGAN_FAULT_AFTER_EPOCH, tests
+    only), like a preempted pod. Rerunning with the same `checkpoint_dir` reuses the data
+    on the volume (ingest finds its manifest), resumes at epoch 1, not 0, and continues
+    the same MLflow training run."""
     from mlflow.tracking import MlflowClient
 
     tag = uuid.uuid4().hex[:8]
-    experiment = f"kfp-cache-{tag}"
-    params = {"source": "demo", "experiment_name": experiment, "registered_model_name": f"srgan-kfp-cache-{tag}",
-              "mlflow_tracking_uri": mlflow_server}
-    first = _run_local(tmp_path, monkeypatch, {}, params, ("--cache",))
-    second = _run_local(tmp_path, monkeypatch, {}, {**params, "epochs": "1"}, ("--cache",))
-    assert second["dataset"] == first["dataset"]  # ingest came from the cache
-    assert second["model"] != first["model"]
+    experiment, model_name = f"kfp-resume-{tag}", f"srgan-kfp-resume-{tag}"
+    params = {"source": "demo", "experiment_name": experiment, "registered_model_name": model_name,
+              "mlflow_tracking_uri": mlflow_server, "checkpoint_dir": str(tmp_path / "checkpoints")}
+    failed = _run_local(tmp_path, monkeypatch, {"SRGAN_FAULT_AFTER_EPOCH": "1"}, params, expect_failure=True)
+    assert "injected failure after epoch 1" in failed["stderr"]
+    second = _run_local(tmp_path, monkeypatch, {"SRGAN_FAULT_AFTER_EPOCH": "1"}, params)
+    _check_artifacts(second, tmp_path / "run")
+    assert _volume_path(second["model"]) == tmp_path / "checkpoints"
 
     client = MlflowClient(mlflow_server)
     exp_id = client.get_experiment_by_name(experiment).experiment_id
+    trains = client.search_runs([exp_id], "tags.`srgan.step` = 'train'")
+    assert len(trains) == 1  # one MLflow training run across the two pipeline runs
+    train = trains[0]
+    assert train.data.tags["resumed_from_epoch"] == "1"
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "g_loss")] == [1, 2, 3]
     parents = client.search_runs([exp_id], "tags.`srgan.step` = 'pipeline'", order_by=["start_time ASC"])
-    assert len(parents) == 2
-    old, new = parents
-    assert new.data.tags["srgan.cached_ingest_parent_run_id"] == old.info.run_id
-    assert old.data.tags["srgan.kfp_run_id"] != new.data.tags["srgan.kfp_run_id"]
-    assert (old.data.params["epochs"], new.data.params["epochs"]) == ("2", "1")
-
-    def steps(parent) -> list[str]:
-        children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        return sorted(r.data.tags["srgan.step"] for r in children)
-
-    assert steps(old) == sorted(STEPS)
-    assert steps(new) == sorted(STEPS - {"ingest"})
-    assert (first["model_version"], second["model_version"]) == ("1", "2")
+    assert len(parents) == 2 and parents[0].data.tags["srgan.kfp_run_id"] != parents[1].data.tags["srgan.kfp_run_id"]
+    assert parents[1].info.status == "FINISHED"
+    ingests = client.search_runs([exp_id], "tags.`srgan.step` = 'ingest'")
+    assert len(ingests) == 2 and len({r.data.tags["data_manifest_hash"] for r in ingests}) == 1
+    assert client.get_model_version(model_name, second["model_version"]).run_id == train.info.run_id
