@@ -9,9 +9,9 @@ plain pixels, and the SavedModel loads with `tf.saved_model.load` alone: no srco
 Keras, no custom objects (tests/test_export.py loads it with both blocked).
 
 Request-size limit: the signature refuses (InvalidArgument, HTTP 400 from TF Serving)
-a request with more than `max_batch` images or more than `max_pixels` LR pixels per
-image: the same `serve_max_batch` / `serve_max_pixels` limits the MLflow pyfunc model
-states. Neither KServe's InferenceService nor TF Serving's REST API has a body-size
+a request with more than `max_batch` images or more than `max_pixels` LR pixels summed
+over the batch (N*H*W): the same `serve_max_batch` / `serve_max_pixels` limits the
+MLflow pyfunc model states. Neither KServe's InferenceService nor TF Serving's REST API has a body-size
 setting, and TF Serving runs a request in one piece (no tiling), so memory grows with
 N*H*W; see srcore/deploy.py for the limits the cluster side adds (concurrency, timeout).
 
@@ -43,7 +43,7 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "upscaled"
 ARTIFACT_PATH = "savedmodel"  # MLflow artifact folder: savedmodel/<version>/saved_model.pb
 DEFAULT_VERSION = 1
-DEFAULT_MAX_PIXELS = 4_000_000  # LR pixels per image, as Config.serve_max_pixels
+DEFAULT_MAX_PIXELS = 262_144  # LR pixels per request (sum over the batch), as Config.serve_max_pixels
 DEFAULT_MAX_BATCH = 16  # images per request, as Config.serve_max_batch
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -65,8 +65,8 @@ class _Upscaler(tf.Module):
             tf.debugging.assert_less_equal(
                 shape[0], self.max_batch, message="request too large: more images than serve_max_batch; send fewer"),
             tf.debugging.assert_less_equal(
-                shape[1] * shape[2], self.max_pixels,
-                message="request too large: an image has more LR pixels than serve_max_pixels; send smaller images"),
+                shape[0] * shape[1] * shape[2], self.max_pixels,
+                message="request too large: more LR pixels (N*H*W) than serve_max_pixels; send fewer or smaller images"),
         ]
         with tf.control_dependencies(checks):
             sr = self.generator(to_unit(images), training=False)

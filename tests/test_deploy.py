@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,7 +64,8 @@ def test_manifest_passes_the_crd_schema(validator, overrides):
     assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
     assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
     assert predictor["model"]["storageUri"] == "s3://bucket/1/abc/artifacts/savedmodel"
-    assert predictor["timeout"] == 120 and "--rest_api_timeout_in_ms=120000" in predictor["model"]["args"]
+    seconds = math.ceil(_cfg().serve_max_seconds)  # the served model's own time limit
+    assert predictor["timeout"] == seconds and f"--rest_api_timeout_in_ms={seconds * 1000}" in predictor["model"]["args"]
     gpus = overrides.get("deploy_gpus", 0)
     assert predictor["model"]["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
     assert ("containerConcurrency" in predictor) == (overrides.get("deploy_concurrency", 2) > 0)

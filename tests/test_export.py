@@ -44,7 +44,8 @@ def test_layout_is_name_version_saved_model(exported):
     assert path.parts[-2:] == ("srgan-celeba", "1")
     assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
     assert exported["model_base_path"] == str(path.parent)
-    assert (exported["max_pixels"], exported["max_batch"]) == (4_000_000, 16)  # Config's serve_* limits
+    cfg = build_config("smoke")
+    assert (exported["max_pixels"], exported["max_batch"]) == (cfg.serve_max_pixels, cfg.serve_max_batch)
     # nothing temporary left beside the version folder (TF Serving would see only "1")
     assert [p.name for p in path.parent.iterdir()] == ["1"]
 
@@ -91,11 +92,11 @@ def test_loads_with_tensorflow_alone(exported, tmp_path):
 def test_oversized_request_is_refused(tmp_path):
     path = export_savedmodel(build_generator(4, 1, 4), tmp_path, "tiny", 2, max_pixels=100, max_batch=2)
     fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    assert fn(images=tf.zeros((2, 10, 10, 3), tf.uint8))[OUTPUT_NAME].shape == (2, 40, 40, 3)
+    assert fn(images=tf.zeros((2, 5, 10, 3), tf.uint8))[OUTPUT_NAME].shape == (2, 20, 40, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="more images than serve_max_batch"):
         fn(images=tf.zeros((3, 4, 4, 3), tf.uint8))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="more LR pixels than serve_max_pixels"):
-        fn(images=tf.zeros((1, 10, 11, 3), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more LR pixels .N.H.W. than serve_max_pixels"):
+        fn(images=tf.zeros((2, 10, 6, 3), tf.uint8))  # 120 pixels in all, each image only 60
 
 
 def test_reexport_replaces_version_atomically_and_checks_names(tmp_path):
