@@ -323,7 +323,7 @@ def _maybe_inject_fault(model_dir: Path, done: int) -> None:
 
 
 def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str:
-    from srcore.serving import log_upscaler
+    from srcore.serving import ServingLimits, log_upscaler
 
     cfg = trainer.cfg
     example = np.zeros((1, cfg.lr_size, cfg.lr_size, 3), np.float32)
@@ -332,7 +332,7 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
     # The TensorFlow flavour stores Keras 3 models as .keras; mlflow.keras 3.17 fails to
     # save an input example (it writes it before creating the model folder).
     mlflow.tensorflow.log_model(trainer.generator, name="generator", signature=signature, input_example=example)
-    info = log_upscaler(str(generator_path), name="upscaler")
+    info = log_upscaler(str(generator_path), name="upscaler", limits=ServingLimits.from_config(cfg))
     # the serving SavedModel (uint8 in/out, TF Serving layout) beside it: what KServe serves
     from srcore.export import log_savedmodel
 

