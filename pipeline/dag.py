@@ -39,6 +39,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
 
 import components
+from components._common import image_pull_secrets
 
 PIPELINE_NAME = "srgan-celeba"
 PIPELINE_DESCRIPTION = "SRGAN x4 face super-resolution (32x32 -> 128x128 CelebA): ingest, train, evaluate, register."
@@ -160,6 +161,25 @@ def local_volume_root() -> str:
     return os.environ.get("SRGAN_VOLUME_ROOT") or str(Path(tempfile.gettempdir()) / "srgan-volume")
 
 
+def apply_platform(task: dsl.PipelineTask, s: ClusterSettings, gpu: bool = False, volume=None) -> None:
+    """The Kubernetes side of a task on a cluster (main and sweep pipelines alike): image pull
+    secrets, the MLflow credentials Secret, the volume, and for GPU tasks the GPU nodes'
+    selector and toleration."""
+    secrets = image_pull_secrets()
+    if secrets:
+        kubernetes.set_image_pull_secrets(task, secrets)
+    if s.mlflow_secret:
+        kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
+                                     optional=s.mlflow_secret_optional)
+    if volume is not None:
+        kubernetes.mount_pvc(task, pvc_name=volume, mount_path=s.volume_mount)
+    if gpu and s.gpu_node_selector:
+        key, _, value = s.gpu_node_selector.partition("=")
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if gpu and s.gpu_toleration:
+        kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
+
+
 def build_pipeline(image: str | None = None, cluster: bool | None = None, settings: ClusterSettings | None = None):
     """The pipeline for `image` (default: components.BASE_IMAGE, i.e. $SRGAN_IMAGE).
     `cluster` None: a cluster build unless kfp.local is initialised."""
@@ -169,16 +189,8 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
     comps = components.all_components(image)
 
     def platform(task: dsl.PipelineTask, gpu: bool = False) -> None:
-        if not cluster:
-            return
-        if s.mlflow_secret:
-            kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
-                                         optional=s.mlflow_secret_optional)
-        if gpu and s.gpu_node_selector:
-            key, _, value = s.gpu_node_selector.partition("=")
-            kubernetes.add_node_selector(task, label_key=key, label_value=value)
-        if gpu and s.gpu_toleration:
-            kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
+        if cluster:
+            apply_platform(task, s, gpu=gpu)
 
     # Known repeat (`duplicates`): this signature spells out srcore.kfp_glue.PIPELINE_CONFIG_PARAMS
     # (source ... require_gpu) like components/ingest.py and pipeline/sweep.py, because KFP

@@ -24,8 +24,7 @@ from kfp.dsl import Dataset, Input
 import components
 from components.pick_best import pick_best
 from components.start_trial import start_trial
-from pipeline.dag import (MLFLOW_SECRET_KEYS, ClusterSettings, _resources, _toleration, local_volume_root,
-                          running_locally)
+from pipeline.dag import ClusterSettings, _resources, apply_platform, local_volume_root, running_locally
 
 SWEEP_PIPELINE_NAME = "srgan-celeba-sweep"
 SWEEP_DESCRIPTION = ("SRGAN x4 hyper-parameter sweep: ingest once, train + evaluate each trial in parallel, "
@@ -55,18 +54,8 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
         glue = {k: components.with_image(c, image) for k, c in glue.items()}
 
     def platform(task: dsl.PipelineTask, gpu: bool = False, volume: str | None = None) -> None:
-        if not cluster:
-            return
-        if s.mlflow_secret:
-            kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
-                                         optional=s.mlflow_secret_optional)
-        if volume is not None:
-            kubernetes.mount_pvc(task, pvc_name=volume, mount_path=s.volume_mount)
-        if gpu and s.gpu_node_selector:
-            key, _, value = s.gpu_node_selector.partition("=")
-            kubernetes.add_node_selector(task, label_key=key, label_value=value)
-        if gpu and s.gpu_toleration:
-            kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
+        if cluster:
+            apply_platform(task, s, gpu=gpu, volume=volume)
 
     # The trials and the pick live in a pipeline of their own, called with ingest's outputs:
     # inside it those are pipeline inputs. (kfp.local 2.17 hands a ParallelFor the loop item

@@ -225,6 +225,23 @@ def test_cluster_settings_from_env(tmp_path, monkeypatch):
     assert res["accelerator"]["resourceCount"] == "2"
 
 
+def test_image_pull_secret_on_every_task_of_both_pipelines(tmp_path, monkeypatch):
+    from kfp import compiler
+
+    from pipeline.sweep import build_sweep_pipeline
+
+    monkeypatch.setenv("SRGAN_IMAGE_PULL_SECRET", "regcred, other")
+    _, platform, _ = _compile(tmp_path)
+    assert platform and all([p["secretName"] for p in e.get("imagePullSecret", [])] == ["regcred", "other"]
+                            for e in platform.values())
+    out = tmp_path / "sweep.yaml"
+    compiler.Compiler().compile(build_sweep_pipeline(image="registry.example/srgan:abc", cluster=True), str(out))
+    executors = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors and all("imagePullSecret" in e for e in executors.values())
+    monkeypatch.delenv("SRGAN_IMAGE_PULL_SECRET")
+    assert not any("imagePullSecret" in e for e in _compile(tmp_path)[1].values())
+
+
 def test_cli_compile_writes_yaml(tmp_path):
     from pipeline.__main__ import main
 
