@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from srcore.tracking import configure_logging
+
+    configure_logging(args.log_level)
     from pipeline import run
     from pipeline.client import Auth
 

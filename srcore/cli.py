@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("srgan %s: %s", args.command, exc)
         return 2
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # OSError: one line naming the path, no traceback
         log.error("srgan %s failed: %s", args.command, exc)
         log.debug("traceback", exc_info=True)
         return 1

@@ -70,6 +70,9 @@ SERVING_REQUIREMENTS = [
 _EXAMPLE_SIZE = (8, 8)
 
 
+PREFIX = "serve_"  # of the limits' keys in the model's metadata and model_config
+
+
 @dataclass(frozen=True)
 class ServingLimits:
     """What one request may ask of the served model (defaults = Config's serve_* fields).
@@ -93,10 +96,13 @@ class ServingLimits:
     @classmethod
     def from_dict(cls, values: dict | None) -> "ServingLimits":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+        values = {k.removeprefix(PREFIX): v for k, v in (values or {}).items()}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Keys named like the Config fields (serve_*): MLflow logs a model_config as params of
+        the run, where a bare `max_pixels` would clash with Config.max_pixels."""
+        return {f"{PREFIX}{k}": v for k, v in dataclasses.asdict(self).items()}
 
     def default_tiling(self) -> tuple[int, int]:
         """upscale's default tile and overlap, brought within these limits."""

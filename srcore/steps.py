@@ -90,7 +90,7 @@ STEPS: dict[str, Step] = {
         mlproject=("registered_model_name", "gate_metric", "gate_mode"),
     ),
     "upscale": Step(
-        "srcore.steps:upscale_step", ("max_pixels",),
+        "srcore.steps:upscale_step", ("max_pixels", "max_file_bytes"),
         (Input("model", ".keras path or MLflow model URI (e.g. models:/srgan-celeba@champion)", required=True),
          Input("images", "image files or folders", required=True, many=True),
          Input("out", "output folder", required=True),
@@ -201,7 +201,7 @@ def upscale_step(cfg: Config, model: str, images: list[str] | str, out: str, til
     from srcore.upscale import upscale_files
 
     images = [images] if isinstance(images, str) else list(images)
-    kwargs: dict[str, Any] = {"max_pixels": cfg.max_pixels}
+    kwargs: dict[str, Any] = {"max_pixels": cfg.max_pixels, "max_file_bytes": cfg.max_file_bytes}
     if tile:
         kwargs["tile"] = int(tile)
     else:

@@ -24,7 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+def wait_http(url: str, timeout: float = 240.0, proc: subprocess.Popen | None = None) -> None:
     import requests
 
     deadline = time.time() + timeout
