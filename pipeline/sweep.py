@@ -95,6 +95,9 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
         pick.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
         platform(pick)
 
+    # Known repeat (`duplicates`): these parameters spell out srcore.kfp_glue.PIPELINE_CONFIG_PARAMS
+    # like pipeline/dag.py and components/ingest.py, because KFP reads explicit signatures;
+    # tests/test_steps.py keeps them equal.
     def srgan_sweep(
         trials: list = DEFAULT_TRIALS,
         source: str = "",

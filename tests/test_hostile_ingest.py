@@ -4,18 +4,17 @@ it did not write, and never hang (each case runs under an alarm)."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
-import signal
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers_images import CELEBA_BOX, celeba_names, jpeg_bytes, read_png, small_config, tree, write_images, write_zip
+from helpers_time import within
 from PIL import Image
 
 from srcore.atomic import MARKER, OutputDirError, check_replaceable, claim_output_dir
@@ -24,20 +23,6 @@ from srcore.data import sources
 from srcore.data.ingest import ingest
 
 
-@contextlib.contextmanager
-def within(seconds: int):
-    """Fail (instead of hanging the suite) when the block takes longer than `seconds`."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s: hang")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def skip_reasons(manifest: dict) -> dict[str, str]:

@@ -3,9 +3,7 @@ and recorded items, nothing written outside the output folder, no hang."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -16,20 +14,9 @@ from PIL import Image
 from srcore.atomic import MARKER, OutputDirError
 from srcore.models import load_generator
 from srcore.upscale import UpscaleTimeout, upscale_array, upscale_files
+from helpers_time import within
 
 
-@contextlib.contextmanager
-def within(seconds: int):
-    def expired(signum, frame):
-        raise TimeoutError(f"took longer than {seconds} s: hang")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def image(path: Path, h: int = 10, w: int = 12) -> Path:
