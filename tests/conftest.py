@@ -3,6 +3,7 @@ and isolation of MLflow state per test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -38,6 +39,32 @@ def wait_http(url: str, timeout: float = 240.0, proc: subprocess.Popen | None = 
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def models_serve(model: str, cwd: Path, env: dict | None = None):
+    """A real `mlflow models serve` of `model` on 127.0.0.1 (one worker, this venv); yields
+    (url, process). The server's log is printed when the block fails; the server always stops."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = cwd / "serve.log"
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager", "local",
+           "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env or dict(os.environ))
+    try:
+        wait_http(f"{url}/ping", timeout=180, proc=proc)
+        yield url, proc
+    except BaseException:
+        print(log_path.read_text()[-3000:])
+        raise
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(20)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,6 @@ a compact PNG answer, and a bounded load test against a real `mlflow models serv
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +17,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 
-from conftest import free_port, wait_http
+from conftest import models_serve
 from srcore.models import load_generator
 from srcore.serving import SRUpscaler, ServingLimits, decode_png_base64, log_upscaler
 from srcore.upscale import upscale_array
@@ -130,15 +127,7 @@ def tree_rss_kib(pid: int) -> int:
 @pytest.mark.slow
 def test_load_oversized_requests_fail_fast_normal_ones_succeed_memory_bounded(bounded, tmp_path):
     local = bounded[0]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
-           "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=dict(os.environ))
-    try:
-        wait_http(f"{url}/ping", timeout=180, proc=proc)
+    with models_serve(str(local), tmp_path) as (url, proc):
         normal = {"inputs": [image(20, 24).tolist()], "params": {"tile": 16}}
         assert requests.post(f"{url}/invocations", json=normal, timeout=60).status_code == 200  # warm up
         baseline = tree_rss_kib(proc.pid)
@@ -171,16 +160,6 @@ def test_load_oversized_requests_fail_fast_normal_ones_succeed_memory_bounded(bo
         print(f"refused in at most {max(refused):.2f} s (median served {sorted(served)[len(served) // 2]:.2f} s); "
               f"server RSS {baseline // 1024} MiB -> peak {peak // 1024} MiB")
         assert peak - baseline < 512 * 1024, f"server memory grew by {(peak - baseline) // 1024} MiB"
-    except Exception:
-        print(log_path.read_text()[-3000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
 
 
 def test_a_degenerate_image_is_a_400_that_says_why(bounded):

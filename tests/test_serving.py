@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -18,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
 from PIL import Image
 
-from conftest import free_port, wait_http
+from conftest import models_serve
 from srcore.config import Config
 from srcore.models import load_generator
 from srcore.registry import register
@@ -119,34 +117,16 @@ def test_what_the_rest_layer_passes(upscaler):
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(server_tracking, tiny_generator, tmp_path):
     info = log_in_run(tiny_generator)
-    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_tracking}
-    cmd = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", info.model_uri,
-        "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port), "-w", "1",
-    ]
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, proc=proc)
+    with models_serve(info.model_uri, tmp_path, env) as (url, _):
         img = image(20, 24)
-        r = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [img.tolist()]}, timeout=120)
+        r = requests.post(f"{url}/invocations", json={"inputs": [img.tolist()]}, timeout=120)
         assert r.status_code == 200, r.text[:500]
         predictions = np.asarray(r.json()["predictions"])
         assert predictions.shape == (1, 80, 96, 3)
         assert predictions.min() >= 0 and predictions.max() <= 255
-        bare = requests.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": img.tolist()}, timeout=60)
+        bare = requests.post(f"{url}/invocations", json={"inputs": img.tolist()}, timeout=60)
         assert bare.status_code == 400 and "does not match expected shape" in bare.text
-    except Exception:
-        print(log_path.read_text()[-3000:])
-        raise
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_registered_champion_upscales_files(server_tracking, tiny_generator, tmp_path, monkeypatch):
