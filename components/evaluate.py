@@ -25,6 +25,7 @@ def evaluate(
     from srcore.config import apply_overrides
 
     cfg = apply_overrides(kfp_glue.step_config(config_json), {"eval_dir": evaluation.path})
+    kfp_glue.check_volume(cfg, "evaluate")
     kfp_glue.connect(cfg, mlflow_tracking_uri, parent_run_id)
     out = steps.run("evaluate", cfg, model=model.metadata.get("generator") or model.path, model_uri=model_uri)
     result = out["metrics"]

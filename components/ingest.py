@@ -44,6 +44,7 @@ def ingest(
         content_loss=content_loss, registered_model_name=registered_model_name, experiment_name=experiment_name,
         require_gpu=require_gpu,
     )
+    kfp_glue.check_volume(cfg, "ingest")  # before the MLflow parent run: a root-owned volume fails here
     parent = kfp_glue.connect(cfg, mlflow_tracking_uri, pipeline_run_id=pipeline_run_id, first=True)
     out = steps.run("ingest", cfg)
     dataset.metadata.update(kfp_glue.artifact_metadata(out["data_dir"], out["content_hash"], **out["counts"]))

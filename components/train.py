@@ -25,6 +25,7 @@ def train(
     from srcore import kfp_glue, steps
 
     cfg = kfp_glue.step_config(config_json)
+    kfp_glue.check_volume(kfp_glue.step_config(config_json, overrides), "train")
     kfp_glue.connect(cfg, mlflow_tracking_uri, parent_run_id)
     out = steps.run("train", cfg, overrides=overrides)
     model.metadata.update(kfp_glue.artifact_metadata(

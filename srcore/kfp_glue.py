@@ -5,6 +5,9 @@ run from the project's image (a lightweight component embeds only its own functi
   fields, the pipeline's named parameters as strings where '' means "not given") -> the
   one typed `Config`, with its folders placed on the shared volume. Its JSON
   (`config_json`) then travels to every later step (`step_config`).
+- `check_volume`: ingest, train and evaluate fail in their first second, in one line
+  naming the folder, the uid and the fix, when the shared volume is not writable
+  (srcore.volume).
 - `connect`: the MLflow tracking URI and the pipeline's parent run (the protocol itself
   is srcore.tracking's).
 - `finish`: the exit task's end of the parent run.
@@ -101,6 +104,17 @@ def on_volume(cfg: Config, volume_root: str, pipeline_run_id: str = "", checkpoi
         "model_dir": checkpoint_dir or place(cfg.model_dir, run_dir / "model"),
         "eval_dir": place(cfg.eval_dir, run_dir / "eval"),
     })
+
+
+def check_volume(cfg: Config, step: str) -> None:
+    """Exit at once with one line (folder, uid, fix) when `step` cannot write its folders
+    (srcore.volume): SystemExit prints only that line, no traceback."""
+    from srcore import volume
+
+    try:
+        volume.check_step(cfg, step)
+    except volume.VolumeNotWritableError as e:
+        raise SystemExit(f"{step}: {e}") from None
 
 
 # ---- tracking ----------------------------------------------------------------------
