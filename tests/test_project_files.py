@@ -47,3 +47,33 @@ def test_conda_env_pins_match_pyproject():
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     pip_deps = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert sorted(pip_deps) == sorted(deps)
+
+
+# Synthetic images a test or doc may track, by path (none today). CelebA-derived images never:
+# the CelebA licence forbids redistribution (docs/RESULTS.md's grid goes to the ignored docs/local/).
+ALLOWED_IMAGES: set[str] = set()
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+
+
+def test_no_tracked_image_can_be_a_celeba_face():
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    images = []
+    for name in filter(None, tracked.decode().split("\0")):
+        path = REPO / name
+        if not path.is_file():
+            continue  # deleted in the working tree
+        with path.open("rb") as f:
+            head = f.read(12)
+        if name.lower().endswith((".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")) or \
+                head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            images.append(name)
+    assert sorted(set(images) - ALLOWED_IMAGES) == [], "tracked images (CelebA must not be redistributed)"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "docs/local/results-grid.png"], cwd=REPO)
+    assert ignored.returncode == 0, "benchmarks/quality.py writes its CelebA grid to docs/local/, which git must ignore"
