@@ -216,9 +216,30 @@ def main_run(cfg: Config) -> Iterator[mlflow.ActiveRun]:
 
 # ---- pipeline parent run (KFP without the plugin) ------------------------------------
 
+def _parent_filter(pipeline_run_id: str) -> str:
+    return f"tags.`{KFP_RUN_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'"
+
+
+def running_parent(pipeline_run_id: str) -> str:
+    """The RUNNING parent run of KFP run `pipeline_run_id` ('' when none): a retried first
+    step joins it instead of opening another. An unresolved KFP placeholder
+    ('{{$.pipeline_job_uuid}}' before KFP 2.5) names no run: never reused."""
+    if not pipeline_run_id or "{{" in pipeline_run_id:
+        return ""
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                              filter_string=f"{_parent_filter(pipeline_run_id)} and attributes.status = 'RUNNING'",
+                              order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else ""
+
+
 def open_parent(cfg: Config, pipeline_run_id: str = "") -> str:
     """A RUNNING parent run for one pipeline run, holding the resolved Config; returns its id.
-    It stays RUNNING until `finish_parent` (the pipeline's exit task)."""
+    It stays RUNNING until `finish_parent` (the pipeline's exit task). A retried first step
+    reuses the one its earlier attempt opened (`running_parent`)."""
+    existing = running_parent(pipeline_run_id)
+    if existing:
+        log.info("reusing parent run %s of KFP run %s (a retried attempt)", existing, pipeline_run_id)
+        return existing
     client = mlflow.MlflowClient()
     tags = run_tags("pipeline")
     if pipeline_run_id:
@@ -235,7 +256,7 @@ def finish_parent(pipeline_run_id: str, failed: bool, detail: str = "") -> list[
         return []
     client = mlflow.MlflowClient()
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                              filter_string=f"tags.`{KFP_RUN_TAG}` = '{pipeline_run_id}' and tags.`{STEP_TAG}` = 'pipeline'")
+                              filter_string=_parent_filter(pipeline_run_id))
     status = "FAILED" if failed else "FINISHED"
     for run in runs:
         if detail:
