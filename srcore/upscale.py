@@ -24,7 +24,10 @@ Files: only regular files are read (a FIFO or device is skipped, never opened fo
 blocking read), at most `max_file_bytes` of them, and an image whose header says more
 than `max_pixels` pixels is skipped before decoding. Output goes into a folder that
 upscale made (srcore.atomic.claim_output_dir); an input that fails, or whose output
-cannot be written, is skipped and recorded while the others are still written.
+cannot be written, is skipped and recorded while the others are still written. The x4
+output counts too: an input whose output would exceed `max_pixels` is skipped before
+decoding (a 98-byte PNG can declare 6400x6200, a 1.9 GB output), and a truncated file
+is refused rather than upscaled with black rows.
 
 Inputs smaller than MIN_SIDE pixels on a side are refused: a 1-pixel line has no
 neighbourhood for the generator to infer detail from, so the "super-resolution" would be
@@ -240,7 +243,7 @@ def upscale_files(
     used_names: set[str] = set()
     for path in progress(files, total=len(files), desc="upscale", unit="img"):
         try:
-            image = read_image(path, max_pixels, max_file_bytes)
+            image = read_image(path, max_pixels, max_file_bytes, output_scale=factor)
             sr = upscale_array(generator, image, tile=tile, overlap=overlap, name=str(path))
             target = out / _output_name(path, factor, used_names)
             write_image_atomic(sr, target)
@@ -275,10 +278,12 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = MAX_ENTRY_BYTES) -> np.ndarray:
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes: int = MAX_ENTRY_BYTES,
+               output_scale: int = 1) -> np.ndarray:
     """Decode `path` into a uint8 array in one of upscale_array's layouts (see module doc).
-    Only a regular file is read, at most `max_file_bytes` of it; the pixel count is
-    checked on the header, before decoding."""
+    Only a regular file is read, at most `max_file_bytes` of it; the pixel count of the
+    input and of its `output_scale` x larger output are checked against `max_pixels` on
+    the header, before decoding; a truncated file is refused."""
     try:
         raw = FileRef(str(path), max_file_bytes)()
     except (EntryTooLarge, NotRegularFile) as e:
@@ -286,7 +291,7 @@ def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, max_file_bytes:
     except OSError as e:
         raise UnreadableImageError(f"{path}: cannot read ({e.strerror or e})") from e
     try:
-        with image_rules.open_checked(raw, max_pixels) as img:
+        with image_rules.open_checked(raw, max_pixels, output_scale=output_scale) as img:
             return _to_upscalable_array(image_rules.apply_exif_orientation(img))
     except image_rules.BadImage as e:
         message = str(e).replace("max_pixels=", "max_pixels (--max-pixels) =")
