@@ -53,6 +53,8 @@ class Config:
     workers: int = _f(0, "ingest worker processes (0 = all cores)", ge=0)
     max_pixels: int = _f(40_000_000, "refuse images with more pixels (decompression bombs)", ge=1)
     max_file_bytes: int = _f(256 * 1024 * 1024, "skip source files larger than this many bytes (checked while reading)", ge=1)
+    download_timeout_s: float = _f(6 * 3600.0, "a source URL must download within this many seconds in all (reconnects included)", gt=0)
+    max_download_bytes: int = _f(8 * 1024**3, "refuse a source URL whose body is larger than this many bytes (checked while reading)", ge=1)
     follow_symlinks: bool = _f(False, "follow symbolic links that leave a source folder (default: skip them)")
     force: bool = _f(False, "redo ingest even if an identical manifest exists")
 
@@ -412,7 +414,8 @@ def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
 # a new field fails that test until it is placed here.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("source", "data_dir", "limit", "test_count", "showcase_count", "partition_file", "sha256", "cache_dir",
-             "shard_size", "workers", "max_pixels", "max_file_bytes", "follow_symlinks", "force"),
+             "shard_size", "workers", "max_pixels", "max_file_bytes", "download_timeout_s", "max_download_bytes",
+             "follow_symlinks", "force"),
     "input": ("hr_size", "scale", "antialias", "augment", "aug_flip", "aug_color", "shuffle_buffer", "seed",
               "patch_size", "val_count"),
     "model": ("gen_filters", "gen_blocks", "gen_init_scale", "gen_bicubic_skip", "disc_filters", "disc_flatten"),

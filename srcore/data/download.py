@@ -11,10 +11,30 @@ most one chunk), so a connection that drops mid-chunk loses nothing and the next
 attempt resumes exactly after the last byte written. A download that fails its checks
 (sha256, or the caller's `validate`, e.g. "is a zip") is deleted, never cached; a
 cached file is re-checked before every reuse.
+
+Bounds (a hostile or broken server must not hold ingest forever nor fill the disk):
+- `deadline_s` (Config.download_timeout_s) bounds the whole download, every
+  reconnect and back-off included; each socket wait is at most the time left.
+- `max_bytes` (Config.max_download_bytes) bounds the file: a Content-Length over it is
+  refused before reading, an endless (chunked) body is cut at the cap.
+- Reconnects: `retries` in a row without progress, where progress means at least
+  MIN_PROGRESS_BYTES new bytes (a server sending 1 byte per connection makes none),
+  and MAX_CONNECTIONS in all.
+Which partial file is kept: `<name>.part` stays only after an honest drop (the
+connection broke or timed out, the deadline passed while bytes were arriving,
+or the server answered 429 / 5xx): its bytes are genuine and the next run resumes
+them. It is deleted when resuming it could not help: the body exceeded the cap, the
+server answered another HTTP error (404, 403: a wrong or expired URL) or a wrong
+Content-Range, the disk is full, a redirect loop, or the complete file failed its
+checks.
+
+The URL is recorded only redacted (sources.redact_url: no userinfo, no query values),
+in log lines and errors alike; urllib3's own debug lines are scrubbed as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,7 +47,9 @@ from urllib.parse import unquote, urlparse
 import requests
 import urllib3
 
+from srcore.atomic import path_error
 from srcore.data.manifest import file_sha256
+from srcore.data.sources import redact_url, scrub_secrets
 from srcore.progress import progress
 
 log = logging.getLogger(__name__)
@@ -48,7 +70,18 @@ MANUAL_HINT = (
 
 
 class DownloadError(RuntimeError):
-    """A download failed; the message names the URL and what to do."""
+    """A download failed; the message names the (redacted) URL and what to do."""
+
+
+#: progress that resets the count of failed reconnects: at least this many new bytes
+MIN_PROGRESS_BYTES = 4096
+#: reconnects in all, however much each one delivered (with the deadline, a backstop)
+MAX_CONNECTIONS = 200
+#: default bounds, as Config.download_timeout_s / Config.max_download_bytes
+DEFAULT_DEADLINE_S = 6 * 3600.0
+DEFAULT_MAX_BYTES = 8 * 1024**3
+#: redirects followed per request (requests' default is 30)
+MAX_REDIRECTS = 10
 
 
 def download(
@@ -59,15 +92,20 @@ def download(
     retries: int = 5,
     timeout: float = 60.0,
     validate: Callable[[Path], None] | None = None,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Path:
     """Download `url` into the cache (resuming a partial file) and return its path.
 
     `sha256` (hex) is checked on the complete file; a mismatch deletes it and raises.
     A cached file is returned without network access (after re-checking `sha256` when
-    given). `retries` is the number of reconnects allowed after a dropped connection.
-    `validate(path)` raises ValueError when a complete file is unusable (e.g. not a zip):
-    the file is then deleted and DownloadError raised; a cached file is re-validated.
+    given). `retries` is the number of reconnects in a row allowed without progress;
+    `timeout` bounds each socket wait, `deadline_s` the whole download, `max_bytes` the
+    file (see the module doc). `validate(path)` raises ValueError when a complete file
+    is unusable (e.g. not a zip): the file is then deleted and DownloadError raised; a
+    cached file is re-validated.
     """
+    shown = redact_url(url)
     expected = _normalise_sha256(sha256)
     target = cache_path(url, cache_dir)
     if target.exists():
@@ -83,15 +121,22 @@ def download(
     except OSError as err:
         raise DownloadError(f"cannot create the download cache folder {target.parent}: {err.strerror or err}") from err
     partial = target.with_name(target.name + ".part")
-    _fetch_with_resume(url, partial, retries=retries, timeout=timeout)
-    _verify(url, partial, expected, validate)
+    with _scrubbed_library_logs(url):
+        try:
+            _fetch_with_resume(url, partial, retries=retries, timeout=timeout, deadline_s=deadline_s,
+                               max_bytes=max_bytes)
+        except _Unresumable as err:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(f"{err} The partial download was deleted.") from None
+    _verify(shown, partial, expected, validate)
     os.replace(partial, target)
-    log.info("downloaded %s -> %s", url, target)
+    log.info("downloaded %s -> %s", shown, target)
     return target
 
 
 def cache_path(url: str, cache_dir: str | os.PathLike) -> Path:
-    """Where `url` is cached: one folder per URL, so equal file names never collide."""
+    """Where `url` is cached: one folder per URL, so equal file names never collide
+    (the folder is a hash of the whole URL: no secret of it appears in the path)."""
     name = unquote(Path(urlparse(url).path).name) or "download"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "download"
     url_key = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -107,42 +152,81 @@ def _normalise_sha256(sha256: str | None) -> str | None:
     return value
 
 
-def _fetch_with_resume(url: str, partial: Path, *, retries: int, timeout: float) -> None:
+class _Unresumable(Exception):
+    """A failure after which the partial file is useless: it is deleted (module doc)."""
+
+
+class _DeadlinePassed(Exception):
+    """The download's total time ran out (the partial file is kept for a resume)."""
+
+
+def _fetch_with_resume(url: str, partial: Path, *, retries: int, timeout: float, deadline_s: float,
+                       max_bytes: int) -> None:
     """Fill `partial` with the whole body of `url`, reconnecting after drops."""
-    failures = 0
+    shown = redact_url(url)
+    deadline = time.monotonic() + deadline_s
+    failures = connections = 0
     with requests.Session() as session:
+        session.max_redirects = MAX_REDIRECTS
         while True:
             before = partial.stat().st_size if partial.exists() else 0
+            connections += 1
             try:
-                _fetch_once(session, url, partial, timeout=timeout)
+                _fetch_once(session, url, partial, timeout=timeout, deadline=deadline, max_bytes=max_bytes)
                 return
+            except _DeadlinePassed:
+                have = partial.stat().st_size if partial.exists() else 0
+                raise DownloadError(
+                    f"cannot download {shown}: not complete within download_timeout_s={deadline_s:g} s "
+                    f"({have} bytes so far, kept for a resume); rerun to resume, raise "
+                    f"--download-timeout-s for a slow link, or fetch it by hand. {MANUAL_HINT}"
+                ) from None
+            except requests.TooManyRedirects:
+                raise _Unresumable(
+                    f"cannot download {shown}: more than {MAX_REDIRECTS} redirects (a redirect loop?); "
+                    f"check the URL. {MANUAL_HINT}"
+                ) from None
             except _DROPPED as err:
-                got_bytes = partial.exists() and partial.stat().st_size > before
-                if got_bytes:
-                    failures = 0  # progress was made: a flaky link, not a dead one
+                reason = scrub_secrets(str(err), url)
+                if partial.exists() and partial.stat().st_size - before >= MIN_PROGRESS_BYTES:
+                    failures = 0  # real progress: a flaky link, not a dead one
                 failures += 1
-                if failures > retries:
-                    raise DownloadError(f"cannot download {url}: {err}. {MANUAL_HINT}") from err
-                wait = RETRY_BACKOFF * failures
-                log.warning("download of %s interrupted (%s); resuming in %.0f s", url, err, wait)
+                if failures > retries or connections >= MAX_CONNECTIONS:
+                    why = (f"{failures - 1} reconnects without progress" if failures > retries
+                           else f"{connections} connections")
+                    raise DownloadError(f"cannot download {shown} after {why}: {reason}. {MANUAL_HINT}") from None
+                wait = min(RETRY_BACKOFF * failures, max(0.0, deadline - time.monotonic()))
+                log.warning("download of %s interrupted (%s); resuming in %.0f s", shown, reason, wait)
                 time.sleep(wait)
+            except requests.RequestException as err:  # invalid URL, unsupported scheme, ...
+                raise _Unresumable(f"cannot download {shown}: {scrub_secrets(str(err), url)}. {MANUAL_HINT}") from None
 
 
-def _fetch_once(session: requests.Session, url: str, partial: Path, *, timeout: float) -> None:
+def _fetch_once(session: requests.Session, url: str, partial: Path, *, timeout: float, deadline: float,
+                max_bytes: int) -> None:
+    shown = redact_url(url)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _DeadlinePassed()
     offset = partial.stat().st_size if partial.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+    # identity: a zip does not compress further, and a gzip body could inflate past the cap in one read
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    wait = min(timeout, remaining)
+    with session.get(url, headers=headers, stream=True, timeout=(wait, wait)) as response:
         if response.status_code == 416 and offset:
             # Range not satisfiable: the partial file is already complete (or bogus).
             if _range_total(response) == offset:
                 return
-            log.warning("server refused to resume %s at byte %d: starting over", url, offset)
+            log.warning("server refused to resume %s at byte %d: starting over", shown, offset)
             partial.unlink()
             raise requests.ConnectionError("partial file could not be resumed")
         if response.status_code not in (200, 206):
-            raise DownloadError(
-                f"cannot download {url}: HTTP {response.status_code} {response.reason}. {MANUAL_HINT}"
-            )
+            if response.status_code == 429 or response.status_code >= 500:  # may recover: keep the bytes
+                raise DownloadError(
+                    f"cannot download {shown}: HTTP {response.status_code} {response.reason}; rerun later to "
+                    f"resume. {MANUAL_HINT}"
+                )
+            raise _Unresumable(f"cannot download {shown}: HTTP {response.status_code} {response.reason}. {MANUAL_HINT}")
         if response.status_code == 206:
             if _range_start(response) != offset:
                 partial.unlink(missing_ok=True)
@@ -150,22 +234,62 @@ def _fetch_once(session: requests.Session, url: str, partial: Path, *, timeout: 
             mode = "ab"
         else:  # 200: the whole body, whether or not we asked for a range
             if offset:
-                log.info("server ignored the resume request for %s: starting over", url)
+                log.info("server ignored the resume request for %s: starting over", shown)
             offset, mode = 0, "wb"
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
-        with open(partial, mode) as out, progress(
+        if total is not None and total > max_bytes:
+            raise _Unresumable(_too_large(shown, max_bytes, f"the server announces {total} bytes"))
+        try:
+            out = open(partial, mode)
+        except OSError as err:
+            raise _Unresumable(f"cannot download {shown}: {path_error(err, partial, 'cannot write')}") from None
+        with out, progress(
             total=total, desc=f"download {partial.name[:-5]}", unit="B",
             unit_scale=True, unit_divisor=1024, initial=offset,
         ) as bar:
+            written = offset
             for chunk in _received(response):
-                out.write(chunk)
-                out.flush()  # on disk before the next read can fail
+                if written + len(chunk) > max_bytes:
+                    raise _Unresumable(_too_large(shown, max_bytes, "the body goes on past it"))
+                try:
+                    out.write(chunk)
+                    out.flush()  # on disk before the next read can fail
+                except OSError as err:  # disk full, quota, ...: name the file, free the space
+                    raise _Unresumable(
+                        f"cannot download {shown}: {path_error(err, partial, 'cannot write')}"
+                    ) from None
+                written += len(chunk)
                 bar.update(len(chunk))
+                if time.monotonic() > deadline:
+                    raise _DeadlinePassed()
         if total is not None and partial.stat().st_size < total:
             raise requests.ConnectionError(
                 f"connection closed after {partial.stat().st_size} of {total} bytes"
             )
+
+
+def _too_large(shown: str, max_bytes: int, what: str) -> str:
+    return (f"cannot download {shown}: larger than max_download_bytes={max_bytes} ({what}); check the URL, "
+            "or raise --max-download-bytes if the file is really that large.")
+
+
+@contextlib.contextmanager
+def _scrubbed_library_logs(url: str) -> Iterator[None]:
+    """urllib3 logs each request line (path and query) at DEBUG: scrub its records."""
+
+    def scrub(record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub_secrets(record.getMessage(), url), ()
+        return True
+
+    loggers = [logging.getLogger(name) for name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.response")]
+    for logger in loggers:
+        logger.addFilter(scrub)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(scrub)
 
 
 def _received(response: requests.Response) -> Iterator[bytes]:
