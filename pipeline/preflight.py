@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from srcore.config import Config, ConfigError
+from srcore.data.sources import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def check_run(params: Mapping[str, Any], defaults: Mapping[str, str], cluster: b
     if cluster:
         _check_tracking(arguments.get(TRACKING_PARAM) or defaults.get(TRACKING_PARAM, ""), mlflow_plugin)
     log.info("preflight ok: preset %s, source %s, %d pretrain + %d GAN epochs", arguments.get("preset")
-             or defaults.get("preset") or "-", cfg.source, cfg.pretrain_epochs, cfg.epochs)
+             or defaults.get("preset") or "-", redact_url(cfg.source), cfg.pretrain_epochs, cfg.epochs)
     return arguments, cfg
 
 

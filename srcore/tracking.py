@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping
 import mlflow
 
 from srcore.config import Config
+from srcore.data.sources import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run_name(cfg: Config, step: str = "") -> str:
     `celeba e60 vgg19_54 bs30` for a parent, `train celeba e60 vgg19_54 bs30` for a step."""
     if cfg.run_name:
         return f"{step} {cfg.run_name}" if step else cfg.run_name
-    source = cfg.source.rstrip("/")
+    source = redact_url(cfg.source).rstrip("/")
     label = "demo" if source == "demo" else (Path(source).stem.replace("img_align_", "") if source else "data")
     pre = f"p{cfg.pretrain_epochs}+" if cfg.pretrain_epochs else ""
     name = f"{label} {pre}e{cfg.epochs} {cfg.content_loss} bs{cfg.batch_size}"
@@ -107,8 +108,10 @@ def param_value(v: Any) -> str:
 
 
 def config_params(cfg: Config) -> dict[str, str]:
-    """The resolved Config as run params; empty values are left out (a '' param says nothing)."""
-    return {k: param_value(v) for k, v in cfg.to_dict().items() if v is not None and str(v) != ""}
+    """The resolved Config as run params; empty values are left out (a '' param says nothing).
+    A source URL is logged redacted (no credentials, no query signatures)."""
+    values = {**cfg.to_dict(), "source": redact_url(cfg.source)}
+    return {k: param_value(v) for k, v in values.items() if v is not None and str(v) != ""}
 
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:

@@ -21,15 +21,27 @@ reason)` and logged as warnings:
   entries whose names are not valid UTF-8 although flagged so;
 - a name seen before ("duplicate name": the first path in sorted order wins).
 
-Every entry carries a cheap `stamp` (folder: size and mtime; zip: CRC-32 and size) so
-that ingest can tell whether the source changed without reading it (`fingerprint`).
-Names from a source are untrusted: they are logged through `printable()`.
+Every entry carries a cheap `stamp` (folder: size, mtime, ctime and inode; zip: CRC-32
+and size) so that ingest can tell whether the source changed without reading it
+(`fingerprint`). The folder stamp holds ctime because an edit that keeps the size and
+restores the mtime (`touch -d`, `os.utime`) still moves the ctime, which no unprivileged
+user can set back; it costs nothing (the listing's lstat has it), whereas hashing the
+files' bytes would read the whole source on every run. A copied or restored folder thus
+counts as changed (re-ingested once), never the other way round.
+
+A folder file is read through the descriptor it was listed as: FileRef opens it with
+O_NOFOLLOW and compares the descriptor's (st_dev, st_ino) with the listing's, so a file
+or symbolic link swapped in after the listing is refused ("changed since listing").
+
+Names from a source are untrusted: they are logged through `printable()`. A URL is
+recorded (manifest, MLflow, logs, errors) only through `redact_url()`.
 
 This module must stay free of TensorFlow: ingest's worker processes import it.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -43,6 +55,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import numpy as np
 from PIL import Image
@@ -61,6 +74,9 @@ DEMO_NAME = "demo"
 #: bump when the demo renderer changes, so that old demo ingests are redone
 DEMO_VERSION = 1
 DEMO_WIDTH, DEMO_HEIGHT = 178, 218  # CelebA's aligned size
+#: the demo source provides at most this many images, whatever `limit` says: it is a
+#: smoke test, and its candidate list (one small object per image) must stay bounded
+DEMO_MAX_IMAGES = 100_000
 
 ImageData = bytes | Callable[[], bytes]
 SkipHandler = Callable[[str, str, str], None]
@@ -99,20 +115,36 @@ def _read_capped(stream, max_bytes: int, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class FileRef:
-    """A regular file of a folder source, read with the size cap enforced."""
+    """A regular file of a folder source, read with the size cap enforced.
+
+    `identity` is the listing's (st_dev, st_ino) of the file; when set, the opened
+    descriptor must be that same file (a swap after the listing is refused), and
+    `nofollow` opens it with O_NOFOLLOW (the listing saw a regular file, not a link)."""
 
     path: str
     max_bytes: int = MAX_ENTRY_BYTES
     stamp: str = ""
+    identity: tuple[int, int] | None = None
+    nofollow: bool = False
 
     def __call__(self) -> bytes:
         # O_NONBLOCK: if the file was swapped for a FIFO since the listing, opening it
         # must not wait for a writer; fstat then refuses anything but a regular file.
-        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        if self.nofollow:
+            flags |= getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except OSError as err:
+            if self.nofollow and err.errno == errno.ELOOP:
+                raise ChangedSinceListing("changed since listing: now a symbolic link (not followed)") from None
+            raise
         with os.fdopen(fd, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise NotRegularFile(f"not a regular file ({_file_type(mode)})")
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise NotRegularFile(f"not a regular file ({_file_type(info.st_mode)})")
+            if self.identity is not None and (info.st_dev, info.st_ino) != tuple(self.identity):
+                raise ChangedSinceListing("changed since listing: another file is at this path now (not read)")
             return _read_capped(f, self.max_bytes, self.path)
 
     def __str__(self) -> str:
@@ -121,6 +153,10 @@ class FileRef:
 
 class NotRegularFile(ValueError):
     """A FIFO, device, socket, ... where an image file was expected."""
+
+
+class ChangedSinceListing(ValueError):
+    """The path of a folder source no longer holds the file that was listed (a swap)."""
 
 
 def _file_type(mode: int) -> str:
@@ -263,6 +299,58 @@ class DemoImage:
         return f"demo image #{self.index}"
 
 
+# ---- URLs as they may be recorded ----------------------------------------------------
+
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be recorded anywhere (manifest, MLflow, logs, errors): userinfo
+    (`alice:hunter2@`) becomes `***@`, every query value (`X-Amz-Signature=...`, `sig=`,
+    `token=`, ...; a list of names would miss the next signing scheme) becomes `***`,
+    a bare query word becomes `***`, and the fragment is dropped. Not a URL: unchanged."""
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"<unparseable URL {REDACTED}>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(
+        f"{piece.split('=', 1)[0]}={REDACTED}" if "=" in piece else REDACTED
+        for piece in re.split(r"[&;]", parts.query) if piece
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def scrub_secrets(text: str, url: str) -> str:
+    """`text` (an exception message, a log line) with the secrets of `url` replaced:
+    the URL itself, its userinfo, its query string and every query value, raw or
+    percent-encoded (requests and urllib3 quote and re-quote URLs in their messages)."""
+    if "://" not in url:
+        return text
+    text = text.replace(url, redact_url(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    secrets: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rsplit("@", 1)[0]
+        secrets += [userinfo, *userinfo.split(":", 1)]
+    for piece in re.split(r"[&;]", parts.query + "&" + parts.fragment):
+        value = piece.split("=", 1)[1] if "=" in piece else piece
+        secrets.append(value)
+    variants = {v for s in secrets if s for v in (s, unquote(s), quote(s, safe=""), quote(unquote(s), safe=""))}
+    # longest first, so a value is not half-replaced through a shorter one inside it;
+    # values under 3 characters (`dl=1`) are no secret and would mangle ordinary words
+    for secret in sorted((v for v in variants if len(v) >= 3), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 # ---- source kinds -------------------------------------------------------------------
 
 
@@ -291,12 +379,13 @@ def source_kind(spec: str) -> str:
 def describe_source(spec: str, *, sha256: str = "", demo_count: int = 0) -> dict:
     """The identity of the source without listing it (no network): kind and location.
     ingest adds `fingerprint(entries)` of the listed candidates, which covers every
-    file's size and mtime (folder) or CRC and size (zip)."""
+    file's size, mtime, ctime and inode (folder) or CRC and size (zip). A URL is recorded
+    redacted (redact_url): a re-signed URL of the same file is the same source."""
     kind = source_kind(spec)
     if kind == "demo":
-        return {"kind": "demo", "version": DEMO_VERSION, "images": demo_count}
+        return {"kind": "demo", "version": DEMO_VERSION, "images": min(demo_count, DEMO_MAX_IMAGES)}
     if kind == "url":
-        return {"kind": "url", "url": spec, "sha256": sha256.lower()}
+        return {"kind": "url", "url": redact_url(spec), "sha256": sha256.lower()}
     path = Path(spec).expanduser().resolve()
     if kind == "zip":
         return {"kind": "zip", "path": str(path), "bytes": path.stat().st_size}
@@ -305,7 +394,8 @@ def describe_source(spec: str, *, sha256: str = "", demo_count: int = 0) -> dict
 
 def fingerprint(entries: Iterable[Entry]) -> str:
     """sha256 over `<name>\\0<stamp>\\n` of the entries in order: changes whenever a
-    file is added, removed, renamed, or changes size, mtime (folder) or CRC (zip)."""
+    file is added, removed, renamed, or changes size, mtime, ctime, inode (folder) or
+    CRC (zip)."""
     digest = hashlib.sha256()
     for name, data in entries:
         digest.update(f"{name}\0{getattr(data, 'stamp', '')}\n".encode("utf-8", "surrogateescape"))
@@ -321,16 +411,19 @@ def iter_images(
     on_skip: SkipHandler | None = None,
     max_bytes: int = MAX_ENTRY_BYTES,
     follow_symlinks: bool = False,
+    download_timeout_s: float | None = None,
+    max_download_bytes: int | None = None,
 ) -> Iterator[Entry]:
     """Yield `(name, data)` for every usable image of the source, in path order.
 
-    A URL is downloaded (resumably, cached, sha256-checked) and then read as a zip.
-    `demo_count` is how many synthetic images the 'demo' source provides. `max_bytes`
-    caps every file; `follow_symlinks` lets a folder's symlinks point outside it.
+    A URL is downloaded (resumably, cached, sha256-checked, within `download_timeout_s`
+    seconds and `max_download_bytes` bytes) and then read as a zip. `demo_count` is how
+    many synthetic images the 'demo' source provides (at most DEMO_MAX_IMAGES).
+    `max_bytes` caps every file; `follow_symlinks` lets a folder's symlinks point outside it.
     """
     kind = source_kind(spec)
     if kind == "demo":
-        raw: Iterable[tuple[str, ImageData]] = _demo_entries(demo_count)
+        raw: Iterable[tuple[str, ImageData]] = _demo_entries(min(demo_count, DEMO_MAX_IMAGES))
     elif kind == "directory":
         raw = _directory_entries(Path(spec).expanduser(), on_skip, max_bytes, follow_symlinks)
     else:
@@ -338,7 +431,9 @@ def iter_images(
         if kind == "url":
             from srcore.data.download import download  # requests only when needed
 
-            archive = download(spec, cache_dir, sha256 or None, validate=_check_zip)
+            bounds = {"deadline_s": download_timeout_s, "max_bytes": max_download_bytes}
+            archive = download(spec, cache_dir, sha256 or None, validate=_check_zip,
+                               **{k: v for k, v in bounds.items() if v is not None})
         raw = _zip_entries(archive, on_skip, max_bytes)
     return _unique_names(raw, on_skip)
 
@@ -434,7 +529,8 @@ def _directory_entries(
 def _folder_file(path: str, real_top: str, max_bytes: int, follow_symlinks: bool) -> tuple[FileRef | None, str | None]:
     try:
         info = os.lstat(path)
-        if stat.S_ISLNK(info.st_mode):
+        is_link = stat.S_ISLNK(info.st_mode)
+        if is_link:
             target = os.path.realpath(path)
             if not follow_symlinks and os.path.commonpath([real_top, target]) != real_top:
                 return None, "symbolic link that leaves the source folder (not followed; see follow_symlinks)"
@@ -447,7 +543,8 @@ def _folder_file(path: str, real_top: str, max_bytes: int, follow_symlinks: bool
         return None, f"not a regular file ({_file_type(info.st_mode)})"
     if info.st_size > max_bytes:
         return None, f"file too large ({info.st_size} bytes > {max_bytes})"
-    return FileRef(path, max_bytes, f"{info.st_size}:{info.st_mtime_ns}"), None
+    stamp = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
+    return FileRef(path, max_bytes, stamp, (info.st_dev, info.st_ino), nofollow=not is_link), None
 
 
 def unsafe_member_reason(info: zipfile.ZipInfo) -> str | None:
