@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -455,10 +456,17 @@ def test_broken_worker_pool_falls_back_to_this_process(faces: Path):
     entries = sorted(sources.iter_images(str(faces)), key=lambda e: e.name)[:4]
     work = lambda entry: ingest_module.process_candidate(entry, 128, 10**7)  # noqa: E731
 
-    class DyingPool:
-        def map(self, fn, items, chunksize=1):
-            yield fn(items[0])
-            raise BrokenProcessPool("a worker died")
+    class DyingPool:  # the first chunk comes back, then the pool breaks
+        submitted = 0
+
+        def submit(self, fn, *args):
+            future = Future()
+            if self.submitted == 0:
+                future.set_result(fn(*args))
+            else:
+                future.set_exception(BrokenProcessPool("a worker died"))
+            self.submitted += 1
+            return future
 
     outcomes = list(ingest_module._map_in_order(work, entries, DyingPool(), 2))
     assert [o.name for o in outcomes] == [e.name for e in entries]

@@ -17,6 +17,12 @@ parent writes the TFRecord shards itself with a small TFRecord writer (crc32c fr
 google-crc32c, which kfp already depends on), falling back to tf.io.TFRecordWriter
 when that package is missing, so that ingest does not pay TensorFlow's import.
 
+Bounds: workers = min(cfg.workers, the usable cores) (0 = the cores); memory holds the
+candidate list (a name and a small reader per file of the source; the demo source has
+at most sources.DEMO_MAX_IMAGES), the test tail (test_count PNGs, < limit) and at most
+4 * workers chunks of <= 64 images in flight; train images are written to the shards as
+they come, so nothing else grows with `limit`.
+
 The output is built in a hidden sibling folder and renamed into place only when
 complete (srcore.atomic.replace_dir_atomically: an existing folder is replaced only
 when it is an earlier ingest output holding nothing else); the same inputs give
@@ -207,6 +213,7 @@ def _list_candidates(cfg: Config, skipped: list[dict[str, str]]) -> tuple[list[s
     entries = sources.iter_images(
         cfg.source, cache_dir=cfg.cache_dir, sha256=cfg.sha256, demo_count=cfg.limit, on_skip=on_skip,
         max_bytes=cfg.max_file_bytes, follow_symlinks=cfg.follow_symlinks,
+        download_timeout_s=cfg.download_timeout_s, max_download_bytes=cfg.max_download_bytes,
     )
     candidates = sorted(entries, key=lambda entry: entry.name)
     selection = {"in_source": len(candidates), "excluded_by_partition": 0}
@@ -237,7 +244,10 @@ def read_partition_file(path: str | os.PathLike) -> dict[str, str]:
 
 def _check_split_params(cfg: Config, candidate_count: int) -> None:
     if candidate_count == 0:
-        raise ConfigError(f"invalid parameter source={cfg.source!r}: it holds no usable images (.jpg, .jpeg, .png, .webp, .bmp)")
+        raise ConfigError(
+            f"invalid parameter source={sources.redact_url(cfg.source)!r}: it holds no usable images "
+            "(.jpg, .jpeg, .png, .webp, .bmp)"
+        )
     available = min(cfg.limit, candidate_count)
     if cfg.test_count >= available:
         raise ConfigError(
@@ -283,7 +293,7 @@ def _build(
     valid = shards.count + len(tail)
     if valid < cfg.test_count + 1:
         raise IngestError(
-            f"only {valid} valid images among the {examined} examined in {cfg.source}: ingest needs "
+            f"only {valid} valid images among the {examined} examined in {sources.redact_url(cfg.source)}: ingest needs "
             f"at least test_count + 1 = {cfg.test_count + 1} (see the skipped reasons logged above); "
             "use a source with more valid images or lower test_count"
         )
@@ -415,7 +425,7 @@ def _map_in_order(
     done = 0
     if pool is not None:
         try:
-            for outcome in pool.map(work, batch, chunksize=_chunksize(len(batch), workers)):
+            for outcome in _bounded_map(work, batch, pool, _chunksize(len(batch), workers), workers * 4):
                 done += 1
                 yield outcome
             return
@@ -429,21 +439,50 @@ def _map_in_order(
         yield work(entry)
 
 
+def _bounded_map(
+    work: Callable[[sources.Entry], Outcome],
+    batch: Sequence[sources.Entry],
+    pool: ProcessPoolExecutor,
+    chunksize: int,
+    in_flight: int,
+) -> Iterator[Outcome]:
+    """pool.map(work, batch) in order, with at most `in_flight` chunks submitted ahead of
+    the consumer: Executor.map submits the whole batch at once and holds every result
+    that the consumer has not taken yet, so its memory grew with `limit`."""
+    pending: deque = deque()
+    chunks = (batch[i: i + chunksize] for i in range(0, len(batch), chunksize))
+    for chunk in chunks:
+        pending.append(pool.submit(_run_chunk, work, chunk))
+        if len(pending) >= in_flight:
+            yield from pending.popleft().result()
+    while pending:
+        yield from pending.popleft().result()
+
+
+def _run_chunk(work: Callable[[sources.Entry], Outcome], chunk: Sequence[sources.Entry]) -> list[Outcome]:
+    return [work(entry) for entry in chunk]
+
+
 def _chunksize(items: int, workers: int) -> int:
     # Enough chunks per worker to balance the load, few enough to keep IPC cheap.
     return max(1, min(64, items // (workers * 8)))
 
 
 def worker_count(requested: int) -> int:
-    """`requested`, or when 0 the CPUs this process may really use (affinity and the
-    cgroup CPU quota of a Kubernetes pod, which os.cpu_count() does not see)."""
-    if requested > 0:
-        return requested
+    """The CPUs this process may really use (affinity and the cgroup CPU quota of a
+    Kubernetes pod, which os.cpu_count() does not see) when `requested` is 0, else
+    `requested` bounded by them: decoding is CPU-bound, so more workers than cores only
+    add memory (each spawn worker costs ~150 MB; 64 of them took 10 GB)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _cgroup_cpu_quota() or cpus))
+    cores = max(1, min(cpus, _cgroup_cpu_quota() or cpus))
+    if requested <= 0:
+        return cores
+    if requested > cores:
+        log.info("workers=%d bounded by the %d core(s) this process may use: %d workers", requested, cores, cores)
+    return min(requested, cores)
 
 
 def _cgroup_cpu_quota() -> int | None:
@@ -466,7 +505,7 @@ def process_candidate(entry: sources.Entry, hr_size: int, max_pixels: int) -> Ou
     name, data = entry
     try:
         raw = sources.read_bytes(data)
-    except (sources.EntryTooLarge, sources.NotRegularFile) as err:
+    except (sources.EntryTooLarge, sources.NotRegularFile, sources.ChangedSinceListing) as err:
         return Outcome(name, None, str(err))
     except Exception as err:  # missing file, corrupt zip member, ...
         return Outcome(name, None, f"unreadable: {type(err).__name__}: {err}")
