@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from srcore.config import SECTIONS, Config, apply_overrides, config_from_json, config_to_json, require_source, section_fields
+from srcore.config import SECTIONS, Config, ConfigError, apply_overrides, config_from_json, config_to_json, require_source, section_fields
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,27 @@ def is_ingest_output(path: str) -> bool:
     return bool(path) and (Path(path).expanduser() / "manifest.json").is_file()
 
 
+def ingest_output_hash(data_dir: str) -> str:
+    """The content_hash of an ingest output given as the source; ConfigError in one line
+    naming the manifest when it cannot be read or has none (hand-made or edited)."""
+    from srcore.data.manifest import MANIFEST
+
+    path = Path(data_dir).expanduser() / MANIFEST
+    redo = (f"pass the original images as --source to ingest them afresh, or rebuild this folder with "
+            f"`srgan ingest --source <images> --data-dir {data_dir} --force`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"invalid parameter source={data_dir!r}: cannot read {path} ({err}); {redo}") from None
+    value = manifest.get("content_hash") if isinstance(manifest, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"invalid parameter source={data_dir!r}: {path} has no content_hash, so it was not written by "
+            f"srgan ingest (or was edited); {redo}"
+        )
+    return value
+
+
 def ingest_step(cfg: Config) -> dict[str, Any]:
     """Ingest `cfg.source` into `cfg.data_dir`, tracked in MLflow."""
     import mlflow
@@ -217,12 +238,13 @@ def main_step(cfg: Config) -> dict[str, Any]:
     from srcore import tracking
 
     require_source(cfg)
+    # checked before the parent run opens: a bad manifest fails in one line, not as a failed run
+    given_hash = ingest_output_hash(cfg.source) if is_ingest_output(cfg.source) else ""
     with tracking.main_run(cfg) as parent:
-        if is_ingest_output(cfg.source):
+        if given_hash:
             log.info("source %s is already an ingest output; skipping ingest", cfg.source)
             cfg = apply_overrides(cfg, {"data_dir": str(Path(cfg.source).expanduser())})
-            manifest = json.loads((Path(cfg.data_dir) / "manifest.json").read_text())
-            content_hash = manifest["content_hash"]
+            content_hash = given_hash
         else:
             content_hash = ingest_step(cfg)["content_hash"]
         trained = train_step(cfg)
