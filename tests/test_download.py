@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
+import logging
 import os
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from helpers_images import celeba_names, jpeg_bytes, small_config, write_zip
+from helpers_time import within
 
 from srcore.data import download as download_module
 from srcore.data.download import DownloadError, cache_path, download
@@ -47,8 +51,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         server = self.server
-        if self.path.endswith("/missing.zip"):
+        if "/missing.zip" in self.path:
             self.send_error(404)
+            return
+        if "/loop.zip" in self.path:  # redirects to itself forever
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if "/endless.zip" in self.path:  # a chunked body that never ends
+            self._endless()
+            return
+        if "/huge.zip" in self.path:  # announces a terabyte
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            return
+        if "/slow.zip" in self.path:  # honest but slow: 8 kB every 50 ms, ~1 minute in all
+            self.send_response(200)
+            self.send_header("Content-Length", str(8000 * 1200))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(1200):
+                    self.wfile.write(b"s" * 8000)
+                    self.wfile.flush()
+                    time.sleep(0.05)
             return
         requested = self.headers.get("Range")
         server.requests.append({"path": self.path, "range": requested})
@@ -73,6 +102,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(body)
+
+    def _endless(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        block = b"z" * 65536
+        with contextlib.suppress(OSError):  # until the client hangs up
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+        self.close_connection = True
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
@@ -206,3 +245,122 @@ def test_a_poisoned_cache_entry_is_revalidated_and_replaced(server: FileServer, 
     target.write_bytes(b"garbage from an older version")
     path = download(server.url, tmp_path, validate=lambda p: None if p.read_bytes() == PAYLOAD else (_ for _ in ()).throw(ValueError("bad")))
     assert path.read_bytes() == PAYLOAD and len(server.requests) == 1
+
+
+# ---- issue 18: every read bounded in time and bytes, partial files, errors that name the URL ----
+
+
+def leftover_files(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
+
+
+def test_an_endless_chunked_body_stops_at_the_byte_cap_and_leaves_nothing(server: FileServer, tmp_path: Path):
+    url = server.url.replace("img_align_celeba.zip", "endless.zip")
+    with within(30), pytest.raises(DownloadError) as caught:
+        download(url, tmp_path, max_bytes=300_000)
+    message = str(caught.value)
+    assert url in message and "max_download_bytes=300000" in message
+    assert leftover_files(tmp_path) == []  # no .part: resuming an endless body cannot help
+
+
+def test_a_content_length_over_the_cap_is_refused_before_reading(server: FileServer, tmp_path: Path):
+    url = server.url.replace("img_align_celeba.zip", "huge.zip")
+    with within(10), pytest.raises(DownloadError, match=r"max_download_bytes=1000000 \(the server announces 1000000000000"):
+        download(url, tmp_path, max_bytes=1_000_000)
+    assert leftover_files(tmp_path) == []
+
+
+def test_one_byte_per_connection_ends_after_the_retries(server: FileServer, tmp_path: Path):
+    server.cut_every = 1  # progress, but never enough to count as progress
+    with within(30), pytest.raises(DownloadError, match="3 reconnects without progress"):
+        download(server.url, tmp_path, retries=3)
+    assert len(server.requests) == 4
+
+
+def test_the_total_deadline_ends_a_slow_download_and_keeps_its_bytes(server: FileServer, tmp_path: Path):
+    url = server.url.replace("img_align_celeba.zip", "slow.zip")
+    started = time.monotonic()
+    with within(30), pytest.raises(DownloadError, match=r"download_timeout_s=1\.5 s .*kept for a resume"):
+        download(url, tmp_path, deadline_s=1.5)
+    assert time.monotonic() - started < 5
+    parts = list(tmp_path.rglob("*.part"))  # an honest, slow server: the next run resumes
+    assert len(parts) == 1 and parts[0].stat().st_size > 0
+
+
+def test_a_redirect_loop_names_the_url(server: FileServer, tmp_path: Path):
+    url = server.url.replace("img_align_celeba.zip", "loop.zip")
+    with within(30), pytest.raises(DownloadError, match=re.escape(url) + ".*redirect"):
+        download(url, tmp_path)
+    assert leftover_files(tmp_path) == []
+
+
+def test_a_full_disk_names_the_file_and_removes_the_partial(server: FileServer, tmp_path: Path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux) to fail a write with ENOSPC")
+    partial = cache_path(server.url, tmp_path).with_name("img_align_celeba.zip.part")
+    partial.parent.mkdir(parents=True)
+    partial.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    with within(30), pytest.raises(DownloadError) as caught:
+        download(server.url, tmp_path)
+    message = str(caught.value)
+    assert f"cannot write {partial}: No space left on device" in message and server.url in message
+    assert not partial.is_symlink() and not partial.exists()
+
+
+SECRETS = ("hunter2", "SECRETSIG", "AKIDSECRET", "tok3nvalue")
+
+
+def secret_url(server: FileServer, name: str = "img_align_celeba.zip") -> str:
+    host = server.url.split("//", 1)[1].split("/", 1)[0]
+    return (f"http://alice:hunter2@{host}/files/{name}?X-Amz-Signature=SECRETSIG"
+            f"&X-Amz-Credential=AKIDSECRET%2F2026&access_token=tok3nvalue")
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    leaked = [s for s in SECRETS if s in text]
+    assert not leaked, f"{leaked} leaked into {where}: {text[:2000]}"
+
+
+def test_source_url_secrets_are_recorded_nowhere(server: FileServer, tmp_path: Path, tracking, caplog):
+    """manifest.json, MLflow params, tags, run name, artifacts and every log line (DEBUG
+    included, urllib3's request lines too) get the URL without userinfo and query values."""
+    import mlflow
+
+    from srcore.steps import ingest_step
+
+    members = {f"img_align_celeba/{n}.jpg": jpeg_bytes(i) for i, n in enumerate(celeba_names(6))}
+    server.payload = write_zip(tmp_path / "faces.zip", members).read_bytes()
+    url = secret_url(server)
+    server.cut_first = True  # one drop: the resume's WARNING line names the URL too
+    caplog.set_level(logging.DEBUG)
+    cfg = small_config(url, tmp_path / "data", limit=6, test_count=2)
+    with within(120):
+        ingest_step(cfg)
+    manifest_text = (tmp_path / "data" / "manifest.json").read_text()
+    assert_no_secret(manifest_text, "manifest.json")
+    assert '"url": "http://***@127.0.0.1' in manifest_text and "X-Amz-Signature=***" in manifest_text
+
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id])
+    assert run.data.params["source"].startswith("http://***@127.0.0.1")
+    assert_no_secret(repr(run.data.params), "MLflow params")
+    assert_no_secret(repr(run.data.tags), "MLflow tags")
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "art")))
+    logged = [p for p in artifacts.rglob("*") if p.is_file()]
+    assert logged and all(assert_no_secret(p.read_text(errors="replace"), str(p)) is None for p in logged)
+    assert any("interrupted" in r.getMessage() for r in caplog.records)
+    assert_no_secret("\n".join(r.getMessage() for r in caplog.records), "log lines")
+    assert server.requests[0]["path"].endswith("access_token=tok3nvalue")  # the real URL was used
+
+    # errors too: an HTTP error, and a connection refused (urllib3's message quotes the path)
+    with pytest.raises(DownloadError) as caught:
+        download(secret_url(server, "missing.zip"), tmp_path / "c2")
+    assert_no_secret(str(caught.value), "an HTTP error")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = url.replace(f":{server.server_address[1]}/", f":{port}/")
+    with pytest.raises(DownloadError) as caught:
+        download(dead, tmp_path / "c3", retries=0, timeout=5)
+    assert_no_secret(str(caught.value), "a connection error")
+    assert "X-Amz-Signature=***" in str(caught.value)

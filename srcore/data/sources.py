@@ -29,9 +29,10 @@ user can set back; it costs nothing (the listing's lstat has it), whereas hashin
 files' bytes would read the whole source on every run. A copied or restored folder thus
 counts as changed (re-ingested once), never the other way round.
 
-A folder file is read through the descriptor it was listed as: FileRef opens it with
-O_NOFOLLOW and compares the descriptor's (st_dev, st_ino) with the listing's, so a file
-or symbolic link swapped in after the listing is refused ("changed since listing").
+A folder file is read only if it is still the file that was listed: FileRef opens it
+with O_NOFOLLOW and compares the descriptor's fstat (device, inode, size, mtime, ctime)
+with the listing's lstat, so a file or symbolic link swapped in after the listing is
+refused and counted ("changed since listing").
 
 Names from a source are untrusted: they are logged through `printable()`. A URL is
 recorded (manifest, MLflow, logs, errors) only through `redact_url()`.
@@ -117,14 +118,16 @@ def _read_capped(stream, max_bytes: int, what: str) -> bytes:
 class FileRef:
     """A regular file of a folder source, read with the size cap enforced.
 
-    `identity` is the listing's (st_dev, st_ino) of the file; when set, the opened
-    descriptor must be that same file (a swap after the listing is refused), and
-    `nofollow` opens it with O_NOFOLLOW (the listing saw a regular file, not a link)."""
+    `identity` is the listing's (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of the
+    file; when set, the opened descriptor's fstat must match it (a swap after the listing
+    is refused; size and times too because a freed inode number is reused at once by
+    the next file created), and `nofollow` opens it with O_NOFOLLOW (the listing saw a
+    regular file, not a link)."""
 
     path: str
     max_bytes: int = MAX_ENTRY_BYTES
     stamp: str = ""
-    identity: tuple[int, int] | None = None
+    identity: tuple[int, ...] | None = None
     nofollow: bool = False
 
     def __call__(self) -> bytes:
@@ -143,12 +146,16 @@ class FileRef:
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 raise NotRegularFile(f"not a regular file ({_file_type(info.st_mode)})")
-            if self.identity is not None and (info.st_dev, info.st_ino) != tuple(self.identity):
+            if self.identity is not None and _identity(info) != tuple(self.identity):
                 raise ChangedSinceListing("changed since listing: another file is at this path now (not read)")
             return _read_capped(f, self.max_bytes, self.path)
 
     def __str__(self) -> str:
         return self.path
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 class NotRegularFile(ValueError):
@@ -544,7 +551,7 @@ def _folder_file(path: str, real_top: str, max_bytes: int, follow_symlinks: bool
     if info.st_size > max_bytes:
         return None, f"file too large ({info.st_size} bytes > {max_bytes})"
     stamp = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
-    return FileRef(path, max_bytes, stamp, (info.st_dev, info.st_ino), nofollow=not is_link), None
+    return FileRef(path, max_bytes, stamp, _identity(info), nofollow=not is_link), None
 
 
 def unsafe_member_reason(info: zipfile.ZipInfo) -> str | None:
