@@ -207,9 +207,15 @@ def range_text(f: dataclasses.Field) -> str:
 PRESETS: dict[str, dict[str, Any]] = {
     # Full size, the seed tutorial's recipe (with its mistakes fixed).
     "seed": {},
-    # Tiny and CPU-fast: the end-to-end smoke run on the offline demo images.
+    # Tiny and CPU-fast: the end-to-end smoke run on the offline demo images. Its own folders,
+    # so a real run after the quick start never meets the smoke model's checkpoints; the
+    # bicubic skip makes its output start at bicubic instead of a grey smear.
     "smoke": {
         "source": "demo",
+        "data_dir": "data/smoke-128",
+        "model_dir": "runs/smoke/model",
+        "eval_dir": "runs/smoke/eval",
+        "gen_bicubic_skip": True,
         "limit": 48,
         "test_count": 8,
         "gen_filters": 16,
@@ -432,6 +438,15 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                "deploy_memory", "deploy_concurrency", "deploy_runtime_version", "deploy_wait_seconds"),
     "sweep": ("sweep_metric",),
 }
+
+
+# Fields a step's `--help` leaves to `srgan config --help` (still flags of every step): rarely
+# changed, so the step help stays short enough to read.
+ADVANCED: frozenset[str] = frozenset({
+    "antialias", "aug_flip", "aug_color", "shuffle_buffer", "gen_init_scale", "disc_flatten", "vgg_weights",
+    "beta_1", "beta_2", "epsilon", "jit_compile", "keep_checkpoints", "log_every_steps", "cache_dir",
+    "shard_size", "max_file_bytes", "follow_symlinks", "partition_file", "sha256",
+})
 
 
 def section_fields(*sections: str) -> list[str]:

@@ -41,6 +41,7 @@ class Step:
     help: str
     mlproject: tuple[str, ...] | None = None  # Config fields offered as MLproject parameters; None = no entry point
     out: str = ""  # the Config field `--out` stands for (the step's output folder)
+    shown: tuple[str, ...] = ()  # Config fields `--help` lists (default: config); all are flags anyway
 
     def load(self) -> Callable[..., dict[str, Any]]:
         module, name = self.function.split(":")
@@ -122,6 +123,9 @@ STEPS: dict[str, Step] = {
         ("parent_run_id", "best_trial", "best_trial_run_id", "best_model_uri", "metric", "best_value",
          "registered_version", "champion", "reason", "trials"),
         "train + evaluate each trial as a child run of one sweep parent; register the best",
+        # every field applies to each trial; --help lists what a sweep itself adds
+        shown=("source", "data_dir", "model_dir", "eval_dir", "epochs", "pretrain_epochs", "batch_size",
+               *section_fields("register", "tracking", "sweep")),
     ),
     "main": Step(
         "srcore.steps:main_step", _fields("data", "input", "model", "loss", "train", "evaluate", "register", "tracking"), (),

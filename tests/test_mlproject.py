@@ -70,6 +70,12 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     assert len(client.get_metric_history(train_run.info.run_id, "g_loss")) == 3  # 1 pretrain + 2 GAN epochs
     assert {a.path for a in client.list_artifacts(train_run.info.run_id)} >= {"images"}
     assert "test_psnr" in children["evaluate"].data.metrics
+    # the smoke model (bicubic skip) looks like bicubic or better, not a grey smear (issue 17)
+    scores = {k.replace("/", "_"): v for k, v in children["evaluate"].data.metrics.items()}
+    model_psnr = scores.get("test_psnr_y")
+    bicubic_psnr = scores.get("test_bicubic_psnr_y", scores.get("bicubic_psnr_y"))
+    assert model_psnr is not None and bicubic_psnr is not None, sorted(scores)
+    assert model_psnr > bicubic_psnr - 1.0, (model_psnr, bicubic_psnr)
     versions = client.search_model_versions("name='srgan-celeba'")
     assert len(versions) == 1
     # evaluation metrics on the LoggedModel too: the Models tab compares models

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from srcore.cli import build_parser, main
-from srcore.config import SECTIONS, Config, ConfigError, build_config, config_from_json, config_to_json, require_source
+from srcore.config import ADVANCED, SECTIONS, Config, ConfigError, build_config, config_from_json, config_to_json, require_source
 from srcore.steps import STEPS, docs_table, mlproject_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,8 +47,9 @@ def test_cli_subcommands_and_help_come_from_the_table():
         visible = _visible_flags(subs[name])
         for i in step.inputs:
             assert (i.name if i.many else "--" + i.name.replace("_", "-")) in visible, (name, i.name)
-        for field in step.config:
-            assert "--" + field.replace("_", "-") in visible, (name, field)
+        for field in step.shown or step.config:
+            if field not in ADVANCED:  # rarely changed: listed by `srgan config --help`
+                assert "--" + field.replace("_", "-") in visible, (name, field)
         # every other Config field is still accepted, hidden from the step's help
         all_flags = {opt for a in subs[name]._actions for opt in a.option_strings}
         assert {"--" + f.name.replace("_", "-") for f in fields(Config)} <= all_flags
@@ -62,6 +64,47 @@ def test_step_help_is_short_and_grouped():
     train_help = _subparsers()["train"].format_help()
     assert "train settings:" in train_help and "model settings:" in train_help
     assert "--registered-model-name" not in train_help
+
+
+def test_step_help_shows_defaults_and_choices_in_under_70_lines(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # a plain terminal
+    for name in ("train", "sweep"):
+        text = _subparsers()[name].format_help()
+        assert len(text.splitlines()) < 70, (name, len(text.splitlines()))
+    train = _subparsers()["train"].format_help()
+    assert "adversarial (SRGAN) epochs [60]" in train
+    assert "[auto] of" in train and "vgg16_53" in train  # allowed values of a choice field
+    full = " ".join(_subparsers()["config"].format_help().split())
+    assert "--beta-1" in full and "--beta-1" not in train  # the rest is in `srgan config --help`
+    assert "a finite number > 0 and <= 86400" in full  # ranges too
+
+
+def test_no_prefix_abbreviations_and_a_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--epoch", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "srgan train: unknown flag --epoch; did you mean --epochs" in err, err
+    assert len(err.strip().splitlines()) == 1 and "usage: srgan [-h]" not in err
+    with pytest.raises(SystemExit):
+        main(["upscale", "--modl", "m.keras", "--out", "o", "a.png"])
+    assert "did you mean --model" in capsys.readouterr().err
+
+
+def test_version_names_the_package_version_and_commit(capsys, monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.delenv("SRGAN_GIT_COMMIT", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and out.startswith(f"srgan {metadata.version('srgan-celeba')} (commit "), out
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    if head:  # a checkout: the commit comes from git, and says so
+        assert head in out and "from the git checkout" in out
+    monkeypatch.setenv("SRGAN_GIT_COMMIT", "abc1234")  # what the Dockerfile bakes into an image
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "commit abc1234, baked in" in capsys.readouterr().out
 
 
 def test_hidden_config_flags_still_work_and_unknown_ones_fail(capsys):
@@ -199,3 +242,21 @@ def test_upscale_help_fits_in_40_lines():
                          cwd=REPO, timeout=120)
     assert out.returncode == 0
     assert len(out.stdout.splitlines()) <= 40
+
+
+def test_tensorflow_start_up_noise_is_filtered_and_real_errors_are_not():
+    from srcore.cli import native_lines_to_show
+
+    cpu = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+           "I0000 00:00:1.2 7 port.cc:153] oneDNN custom operations are on. You may see slightly different numbers",
+           "I0000 00:00:1.2 7 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+           "E0000 00:00:1.3 7 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: UNKNOWN ERROR (303)",
+           "E0000 00:00:1.4 7 some_op.cc:1] a real error"]
+    assert native_lines_to_show(cpu) == ["E0000 00:00:1.4 7 some_op.cc:1] a real error"]
+    # with CUDA drivers present a cuInit failure is a real problem: shown
+    assert native_lines_to_show(cpu[3:4]) == cpu[3:4]
+    # and in a real process: TensorFlow's import on this machine leaves stderr clean
+    code = "from srcore.cli import quiet_tensorflow_import as q; q(); import tensorflow as tf; tf.zeros(1)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "cuInit" not in proc.stderr and "absl::InitializeLog" not in proc.stderr, proc.stderr
