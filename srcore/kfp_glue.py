@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 from srcore import tracking
 from srcore.config import Config, apply_overrides, build_config, config_from_json, json_object, require_source
+from srcore.data.sources import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def pipeline_config(preset: str = "", config_overrides: str | Mapping[str, Any] 
         if value is None or value == "":
             continue
         if key in overrides and str(overrides[key]) != str(value):
-            log.warning("parameter %s=%r overrides config_overrides' %r", key, value, overrides[key])
+            log.warning("parameter %s=%r overrides config_overrides' %r", key, redact_url(str(value)),
+                        redact_url(str(overrides[key])))
         overrides[key] = value
     cfg = build_config(preset or None, overrides=overrides)
     require_source(cfg)
@@ -136,7 +138,7 @@ def connect(cfg: Config, mlflow_tracking_uri: str = "", parent_run_id: str = "",
     parent = tracking.open_parent(cfg, pipeline_run_id) if first else parent_run_id
     if parent:
         tracking.join_parent(parent)
-    log.info("MLflow %s, parent run %s", os.environ.get("MLFLOW_TRACKING_URI", "(default)"), parent or "(none)")
+    log.info("MLflow %s, parent run %s", redact_url(os.environ.get("MLFLOW_TRACKING_URI", "(default)")), parent or "(none)")
     return parent
 
 

@@ -17,7 +17,9 @@ import pytest
 from helpers_images import celeba_names, jpeg_bytes, small_config, write_zip
 from helpers_time import within
 
+from srcore.config import ConfigError
 from srcore.data import download as download_module
+from srcore.data import sources
 from srcore.data.download import DownloadError, cache_path, download
 from srcore.data.ingest import ingest
 
@@ -364,3 +366,6 @@ def test_source_url_secrets_are_recorded_nowhere(server: FileServer, tmp_path: P
         download(dead, tmp_path / "c3", retries=0, timeout=5)
     assert_no_secret(str(caught.value), "a connection error")
     assert "X-Amz-Signature=***" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:  # a scheme we do not fetch: named, redacted
+        sources.source_kind("ftp://alice:hunter2@host/ok.zip?sig=SECRETSIG")
+    assert_no_secret(str(caught.value), "an unusable source")

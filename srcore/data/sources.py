@@ -373,12 +373,12 @@ def source_kind(spec: str) -> str:
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise ConfigError(
-                f"invalid parameter source={spec!r}: {path} is not a zip archive; pass CelebA's "
+                f"invalid parameter source={redact_url(spec)!r}: {path} is not a zip archive; pass CelebA's "
                 "img_align_celeba.zip, a directory of images, an http(s) URL or 'demo'"
             )
         return "zip"
     raise ConfigError(
-        f"invalid parameter source={spec!r}: no such file or directory; pass CelebA's "
+        f"invalid parameter source={redact_url(spec)!r}: no such file or directory; pass CelebA's "
         "img_align_celeba.zip, a directory of images, an http(s) URL of the zip, or 'demo'"
     )
 
