@@ -119,18 +119,22 @@ class Config:
     serve_max_batch: int = _f(16, "served model: refuse requests with more images (HTTP 400)", ge=1)
     serve_min_tile: int = _f(32, "served model: smallest tile a request may ask for", ge=1)
     serve_max_tile: int = _f(256, "served model: largest tile a request may ask for", ge=1)
-    serve_max_seconds: float = _f(55.0, "served model: stop a request's work after this many seconds (HTTP 503)", gt=0, le=86400)
+    serve_max_seconds: float = _f(55.0, "served model: stop a request's work after this many seconds (HTTP 503; srcore.server: 504, the whole request)", gt=0, le=86400)
+    serve_max_body_bytes: int = _f(8 * 1024 * 1024, "srcore.server: refuse a request body over this many bytes before reading it (HTTP 413)", ge=1)
+    serve_max_concurrent: int = _f(2, "srcore.server: requests worked on at once; one more is answered 503 at once", ge=1)
+    serve_max_response_bytes: int = _f(16 * 1024 * 1024, "srcore.server: refuse (HTTP 400, before work) a JSON-array answer larger than this; encoding=png answers are ~20x smaller", ge=1)
 
     # ---- export, KServe deploy and sweeps (srcore/export.py, deploy.py, sweep.py) -------
     export_version: int = _f(1, "TF Serving version folder of `srgan export` (<out>/<name>/<version>/)", ge=1)
     deploy_namespace: str = _f("", "Kubernetes namespace of the InferenceService (empty = this pod's namespace, else the kube context's)")
     deploy_service_name: str = _f("srgan-celeba", "InferenceService name (a DNS label: lowercase letters, digits, '-')")
-    deploy_storage_uri: str = _f("", "storageUri of the SavedModel (s3://, gs://, pvc://<claim>/<path>, ...); empty = the registered version's MLflow artifact")
+    deploy_storage_uri: str = _f("", "where the deploy branch writes each version's SavedModel: <uri>/<name>/<version> (pvc://<claim>/<path> = the pipeline's volume, s3://bucket/prefix); empty = pvc://<the pipeline's claim>/serving")
+    deploy_service_account: str = _f("", "service account of the predictor pod (for s3:// storage: one whose Secret carries KServe's serving.kserve.io/s3-* annotations); empty = the namespace's default")
     deploy_gpus: int = _f(0, "GPUs per predictor replica (0 = CPU)", ge=0)
     deploy_cpu: str = _f("1", "CPU request and limit per predictor replica")
     deploy_memory: str = _f("4Gi", "memory request and limit per predictor replica")
     deploy_concurrency: int = _f(2, "requests one predictor replica works on at once (Knative containerConcurrency)", ge=0)
-    deploy_runtime_version: str = _f("", "TF Serving image tag of the KServe runtime (empty = the cluster's default; e.g. a -gpu tag with deploy_gpus)")
+    deploy_image: str = _f("", "image of the predictor (the project's own: it runs srcore.server); empty = the image the pipeline was compiled for")
     deploy_wait_seconds: int = _f(600, "how long deploy waits for the InferenceService to become Ready", ge=1)
     sweep_metric: str = _f("test_psnr_y", "metric that picks the best trial of a sweep (better = gate_mode)")
 
@@ -432,10 +436,11 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate": ("crop_border", "eval_dir"),
     "register": ("registered_model_name", "gate_metric", "gate_mode", "gate_min_gain"),
     "tracking": ("experiment_name", "run_name"),
-    "serve": ("serve_max_pixels", "serve_max_batch", "serve_min_tile", "serve_max_tile", "serve_max_seconds"),
+    "serve": ("serve_max_pixels", "serve_max_batch", "serve_min_tile", "serve_max_tile", "serve_max_seconds",
+              "serve_max_body_bytes", "serve_max_concurrent", "serve_max_response_bytes"),
     "export": ("export_version",),
-    "deploy": ("deploy_namespace", "deploy_service_name", "deploy_storage_uri", "deploy_gpus", "deploy_cpu",
-               "deploy_memory", "deploy_concurrency", "deploy_runtime_version", "deploy_wait_seconds"),
+    "deploy": ("deploy_namespace", "deploy_service_name", "deploy_storage_uri", "deploy_service_account",
+               "deploy_gpus", "deploy_cpu", "deploy_memory", "deploy_concurrency", "deploy_image", "deploy_wait_seconds"),
     "sweep": ("sweep_metric",),
 }
 

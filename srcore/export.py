@@ -3,6 +3,9 @@
 The SavedModel holds one signature, `serving_default`:
   input  `images`:   uint8 [N, H, W, 3], any N, H, W (the generator is fully convolutional)
   output `upscaled`: uint8 [N, scale*H, scale*W, 3]
+and, for the project's own bounded server (srcore/server.py, what KServe runs), the
+function `generate` (the bare generator, float [-1, 1] in and out) and the variable
+`scale`, which the server tiles over exactly as `srgan upscale` does.
 The [-1, 1] scaling and the rounding back to uint8 are inside the graph (the same
 `to_unit` / `from_unit` ops that `srgan upscale` uses), so a client sends and receives
 plain pixels, and the SavedModel loads with `tf.saved_model.load` alone: no srcore, no
@@ -57,6 +60,14 @@ class _Upscaler(tf.Module):
         self.generator = generator  # tracked: its variables are saved with the module
         self.max_pixels = tf.constant(int(max_pixels), tf.int64)
         self.max_batch = tf.constant(int(max_batch), tf.int64)
+        # read by srcore.server, which tiles with srcore.upscale over `generate`
+        self.scale = tf.Variable(int(_scale(generator)), trainable=False, dtype=tf.int64, name="scale")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="lr")])
+    def generate(self, lr: tf.Tensor) -> tf.Tensor:
+        """The bare generator ([-1, 1] in and out): what srcore.server runs tile by tile,
+        so that a served answer equals `srgan upscale` and its work stops at a deadline."""
+        return self.generator(lr, training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_NAME)])
     def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -140,13 +151,10 @@ def export_savedmodel(
     return target
 
 
-def _scale(generator: Any) -> int | str:
-    try:
-        from srcore.models import generator_scale
+def _scale(generator: Any) -> int:
+    from srcore.models import generator_scale
 
-        return generator_scale(generator)
-    except Exception:  # noqa: BLE001 - only for the log line
-        return "?"
+    return generator_scale(generator)
 
 
 def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, cfg: Config | None = None,

@@ -160,7 +160,10 @@ def build_discriminator(hr_size: int = 128, filters: int = 64, flatten: bool = F
 
 
 def generator_scale(model: keras.Model) -> int:
-    """The model's upscaling factor, read from its PixelShuffle layers."""
+    """The model's upscaling factor, read from its PixelShuffle layers (or its
+    `scale_factor`: a generator loaded from the serving SavedModel, srcore/server.py)."""
+    if getattr(model, "scale_factor", None):
+        return int(model.scale_factor)
     factor = 1
     for layer in model.layers:
         if isinstance(layer, PixelShuffle):
