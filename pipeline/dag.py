@@ -280,9 +280,20 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
             # serve a new champion on KServe only when asked: clusters without KServe run the DAG too
             with dsl.If(deploy == "true", name="deploy-requested"):
                 with dsl.If(register.outputs["champion"] == True, name="new-champion"):  # noqa: E712 - a KFP condition
+                    # this version's SavedModel, in its own folder where KServe's storage initializer reads it
+                    export = comps["export"](model=train.outputs["model"], config_json=train.outputs["config_json"],
+                                             model_version=register.outputs["version"], volume_root=volume_root,
+                                             volume_claim=claim, **tracking)
+                    _resources(export, s.evaluate).set_caching_options(False)
+                    on_volume(export)
+                    platform(export)
+                    # the predictor runs the pipeline's own image (srcore.server over that SavedModel)
                     serve = comps["deploy"](config_json=train.outputs["config_json"],
-                                            model_version=register.outputs["version"], namespace=deploy_namespace,
-                                            service_name=deploy_service_name, **tracking)
+                                            model_version=register.outputs["version"],
+                                            storage_uri=export.outputs["storage_uri"], namespace=deploy_namespace,
+                                            service_name=deploy_service_name,
+                                            image=comps["deploy"].component_spec.implementation.container.image,
+                                            **tracking)
                     _resources(serve, s.register).set_caching_options(False)
                     platform(serve)
 

@@ -1,32 +1,41 @@
-"""Serve a registered model on the cluster: a KServe InferenceService over the exported
-TensorFlow SavedModel (srcore/export.py), created or updated through the Kubernetes
-Python client (CustomObjectsApi, the KFP convention for custom resources from a
-component), then waited on until Ready.
+"""Serve a registered model on the cluster: a KServe InferenceService whose predictor is
+the project's own image running srcore.server (a bounded KServe-v1 server) over the
+version's exported SavedModel, created or updated through the Kubernetes Python client
+(CustomObjectsApi, the KFP convention for custom resources from a component), then
+waited on until Ready.
 
-The manifest (serving.kserve.io/v1beta1):
-- predictor.model.modelFormat.name = tensorflow, so KServe picks its TF Serving runtime;
-  storageUri = the SavedModel's model base path (the folder holding `<version>/saved_model.pb`):
-  `cfg.deploy_storage_uri` when the operator set one (e.g. `pvc://<claim>/<path>` on the
-  pipeline volume), else the registered version's MLflow artifact `savedmodel/` (train
-  logs it there, see srcore.export.log_savedmodel); that must be a location KServe's
-  storage initializer can read (s3://, gs://, https://, ...), not MLflow's proxied
-  `mlflow-artifacts:/`.
+Why a custom predictor and not KServe's `tensorflow` runtime (TF Serving): the
+runtime's default image is TF Serving 2.6 (2021), which is not known to load a
+TensorFlow 2.21 SavedModel, and proving any TF Serving release loads it would need that
+release in CI; the project's image has the very TensorFlow that wrote the export, and
+tests/test_server.py runs the same server on loopback. The server also bounds what TF
+Serving cannot (body size before reading, concurrency, one deadline that stops the
+work, uint8-only pixels): see srcore/server.py.
+
+The manifest (serving.kserve.io/v1beta1, checked against the vendored CRD excerpt in
+tests/data/; supported KServe 0.12 to 0.16, see pipeline/README.md):
+- predictor.containers[0] named `kserve-container` (the name KServe looks for), the
+  project's image, `python -m srcore.server --model /mnt/models ...` with the serve_*
+  limits as flags, port 8080, a readiness probe on `GET /v1/models/<name>`;
+- env STORAGE_URI = the version's SavedModel folder (`pvc://<claim>/serving/<name>/<version>`
+  or `s3://...`): for a custom container KServe's storage initializer reads the URI from
+  this variable and puts the files in /mnt/models (pkg/apis/serving/v1beta1/
+  predictor_custom.go GetStorageUri, constants.CustomSpecStorageUriEnvVarKey);
+- serviceAccountName = deploy_service_account: for s3:// a service account whose Secret
+  carries KServe's serving.kserve.io/s3-endpoint (and -usehttps, -region) annotations;
 - resources: requests = limits = deploy_cpu / deploy_memory (Guaranteed QoS); with
-  deploy_gpus > 0 a `nvidia.com/gpu` limit and a toleration of the usual GPU taint.
-- request size, in the places that honour it: the SavedModel itself refuses requests
-  over serve_max_batch images or serve_max_pixels LR pixels per image (HTTP 400; an
-  InferenceService and TF Serving's REST API have no body-size setting); Knative's
-  `containerConcurrency` (deploy_concurrency) caps the requests one replica works on
-  at once, so memory per replica is bounded by concurrency x the largest request;
-  `predictor.timeout` and TF Serving's `--rest_api_timeout_in_ms` end a request after
-  serve_max_seconds. The limits are also written as annotations for the operator.
+  deploy_gpus > 0 a `nvidia.com/gpu` limit and a toleration of the usual GPU taint;
+- containerConcurrency (deploy_concurrency): Knative's queue-proxy holds further
+  requests in its queue instead of passing them on; `timeout` a little over
+  serve_max_seconds, so the server's own 504 answers first.
 
 Create or update: GET the InferenceService; 404 -> POST, else a JSON merge PATCH of
 labels, annotations and spec (fields this module manages but no longer sets are
 patched to null, so turning GPUs off really removes the GPU limit). Ready: the Ready
 condition is True *for the new generation* (status.observedGeneration >=
 metadata.generation), so a patch is not reported Ready on the strength of the previous
-revision's status.
+revision's status. RBAC the deploy pod needs: get, create, patch on
+inferenceservices.serving.kserve.io in the namespace (nothing else).
 """
 
 from __future__ import annotations
@@ -95,35 +104,59 @@ def check_storage_uri(uri: str) -> str:
             f"storageUri {uri!r} is not a location KServe can download from (schemes: "
             f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}). Point MLflow's artifact store at object storage "
             "(mlflow server --default-artifact-root s3://... with --no-serve-artifacts) or set "
-            "deploy_storage_uri, e.g. pvc://<claim>/<path to the folder holding 1/saved_model.pb>"
+            "deploy_storage_uri to the base the export writes <name>/<version>/ under, e.g. pvc://<claim>/serving "
+            "or s3://bucket/prefix"
         )
     return uri
 
 
+CONTAINER_NAME = "kserve-container"  # constants.InferenceServiceContainerName
+STORAGE_URI_ENV = "STORAGE_URI"  # constants.CustomSpecStorageUriEnvVarKey
+MODEL_MOUNT = "/mnt/models"  # constants.DefaultModelLocalMountPath
+PORT = 8080  # Knative's default user port
+RBAC_VERBS = ("get", "create", "patch")  # what apply() and wait_ready() call, on inferenceservices
+
+
+def server_args(cfg: Config, name: str) -> list[str]:
+    """srcore.server's command line in the predictor: the Config's serving limits as flags."""
+    args = ["--model", MODEL_MOUNT, "--name", name, "--host", "0.0.0.0", "--port", str(PORT)]
+    for field in ("serve_max_pixels", "serve_max_batch", "serve_min_tile", "serve_max_tile", "serve_max_seconds",
+                  "serve_max_body_bytes", "serve_max_concurrent", "serve_max_response_bytes"):
+        args += [f"--{field.replace('_', '-')}", str(getattr(cfg, field))]
+    return args
+
+
 def build_manifest(cfg: Config, storage_uri: str, namespace: str,
-                   model: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The InferenceService for `storage_uri` (the SavedModel's model base path).
-    `model`: {"name", "version"} of the registered model, recorded as labels."""
+                   model: Mapping[str, str] | None = None, image: str = "") -> dict[str, Any]:
+    """The InferenceService for `storage_uri` (the version's SavedModel folder), served by
+    `image` (default cfg.deploy_image). `model`: {"name", "version"} of the registered
+    model, recorded as labels."""
     name = check_service_name(cfg.deploy_service_name)
     check_storage_uri(storage_uri)
-    timeout_s = max(1, math.ceil(cfg.serve_max_seconds))
+    image = image or cfg.deploy_image
+    if not image:
+        raise ValueError("invalid parameter deploy_image='': the predictor runs the project's image; set "
+                         "deploy_image to the image you pushed (the pipeline passes its own)")
+    timeout_s = max(1, math.ceil(cfg.serve_max_seconds)) + 5  # the server's own 504 comes first
     resources: dict[str, dict[str, Any]] = {
         "requests": {"cpu": cfg.deploy_cpu, "memory": cfg.deploy_memory},
         "limits": {"cpu": cfg.deploy_cpu, "memory": cfg.deploy_memory},
     }
-    predictor: dict[str, Any] = {
-        "model": {
-            "modelFormat": {"name": "tensorflow"},
-            "storageUri": storage_uri,
-            "args": [f"--rest_api_timeout_in_ms={timeout_s * 1000}"],
-            "resources": resources,
-        },
-        "timeout": timeout_s,
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "command": ["python", "-m", "srcore.server"],
+        "args": server_args(cfg, name),
+        "env": [{"name": STORAGE_URI_ENV, "value": storage_uri}],
+        "ports": [{"containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}"}},
+        "resources": resources,
     }
+    predictor: dict[str, Any] = {"containers": [container], "timeout": timeout_s}
+    if cfg.deploy_service_account:
+        predictor["serviceAccountName"] = cfg.deploy_service_account
     if cfg.deploy_concurrency:
         predictor["containerConcurrency"] = int(cfg.deploy_concurrency)
-    if cfg.deploy_runtime_version:
-        predictor["model"]["runtimeVersion"] = cfg.deploy_runtime_version
     if cfg.deploy_gpus:
         resources["limits"][GPU_RESOURCE] = str(int(cfg.deploy_gpus))
         predictor["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
@@ -146,16 +179,12 @@ def build_manifest(cfg: Config, storage_uri: str, namespace: str,
 
 def _patch_body(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch that makes the live object match `manifest` in the fields we
-    manage: optional ones we do not set are nulled (merge patch keeps absent keys)."""
+    manage: optional ones we do not set are nulled (merge patch keeps absent keys; a list
+    such as `containers` is replaced whole). `model` is nulled: an InferenceService made by
+    an older version of this module served TF Serving through it."""
     predictor = dict(manifest["spec"]["predictor"])
-    model = dict(predictor["model"])
-    limits = dict(model["resources"]["limits"])
-    limits.setdefault(GPU_RESOURCE, None)
-    model["resources"] = {**model["resources"], "limits": limits}
-    model.setdefault("runtimeVersion", None)
-    predictor["model"] = model
-    predictor.setdefault("tolerations", None)
-    predictor.setdefault("containerConcurrency", None)
+    for key in ("tolerations", "containerConcurrency", "serviceAccountName", "model"):
+        predictor.setdefault(key, None)
     meta = manifest["metadata"]
     return {"metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
             "spec": {"predictor": predictor}}
@@ -254,10 +283,10 @@ def wait_ready(api: Any, namespace: str, name: str, generation: int, timeout_s: 
 
 
 def deploy(cfg: Config, storage_uri: str, model: Mapping[str, str] | None = None, api_client: Any = None,
-           poll_s: float = 5.0) -> DeployResult:
+           poll_s: float = 5.0, image: str = "") -> DeployResult:
     """Create or update the InferenceService serving `storage_uri` and wait until Ready."""
     namespace = resolve_namespace(cfg)
-    manifest = build_manifest(cfg, storage_uri, namespace, model)
+    manifest = build_manifest(cfg, storage_uri, namespace, model, image)
     api = custom_objects_api(api_client)
     action, obj = apply(api, manifest)
     generation = int((obj.get("metadata") or {}).get("generation") or 1)
@@ -287,9 +316,11 @@ def resolve_version(cfg: Config, model_version: str = "") -> tuple[str, str]:
 
 
 def storage_uri_for(cfg: Config, name: str, version: str) -> str:
-    """cfg.deploy_storage_uri, else the `savedmodel/` artifact of the run that logged the version."""
+    """The version's SavedModel folder: `<deploy_storage_uri>/<name>/<version>` (where the
+    pipeline's export task writes it), else the `savedmodel/` artifact of the run that
+    logged the version (srcore.export.log_savedmodel)."""
     if cfg.deploy_storage_uri:
-        return check_storage_uri(cfg.deploy_storage_uri)
+        return check_storage_uri(f"{cfg.deploy_storage_uri.rstrip('/')}/{name}/{version}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -298,8 +329,9 @@ def storage_uri_for(cfg: Config, name: str, version: str) -> str:
         raise ValueError(f"registered model {name} version {version} has no run; set deploy_storage_uri")
     if not client.list_artifacts(mv.run_id, SAVEDMODEL_ARTIFACT):
         raise ValueError(
-            f"run {mv.run_id} of {name} version {version} has no '{SAVEDMODEL_ARTIFACT}/' artifact (train logs it "
-            "with srcore.export.log_savedmodel); export one (`srgan export`) and set deploy_storage_uri to it"
+            f"run {mv.run_id} of {name} version {version} has no '{SAVEDMODEL_ARTIFACT}/' artifact: export the "
+            f"version (`srgan export --model models:/{name}/{version} --model-version {version} --out DIR`, or "
+            "to deploy_storage_uri) and set deploy_storage_uri to where <name>/<version> lies"
         )
     artifact_root = client.get_run(mv.run_id).info.artifact_uri.rstrip("/")
     return check_storage_uri(f"{artifact_root}/{SAVEDMODEL_ARTIFACT}")
@@ -314,20 +346,23 @@ def tag_version(name: str, version: str, result: DeployResult) -> None:
     client.set_model_version_tag(name, version, STORAGE_TAG, result.storage_uri)
 
 
-def deploy_step(cfg: Config, model_version: str = "", namespace: str = "", service_name: str = "",
-                api_client: Any = None, poll_s: float = 5.0) -> dict[str, Any]:
+def deploy_step(cfg: Config, model_version: str = "", storage_uri: str = "", namespace: str = "",
+                service_name: str = "", image: str = "", api_client: Any = None,
+                poll_s: float = 5.0) -> dict[str, Any]:
     """The `deploy` step: serve registered version `model_version` (default: the
-    champion) on KServe, tag the version with the endpoint, tracked in MLflow.
+    champion) from `storage_uri` (default: storage_uri_for) on KServe with `image`
+    (default: deploy_image), tag the version with the endpoint, tracked in MLflow.
     `namespace` / `service_name` override cfg.deploy_namespace / deploy_service_name."""
     import mlflow
 
     from srcore import tracking
     from srcore.config import apply_overrides
 
-    cfg = apply_overrides(cfg, {"deploy_namespace": namespace, "deploy_service_name": service_name})
+    cfg = apply_overrides(cfg, {"deploy_namespace": namespace, "deploy_service_name": service_name,
+                                "deploy_image": image})
 
     name, version = resolve_version(cfg, model_version)
-    storage_uri = storage_uri_for(cfg, name, version)
+    storage_uri = check_storage_uri(storage_uri) if storage_uri else storage_uri_for(cfg, name, version)
     with tracking.step_run(cfg, "deploy"):
         result = deploy(cfg, storage_uri, {"name": name, "version": version}, api_client, poll_s)
         tag_version(name, version, result)

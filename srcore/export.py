@@ -178,23 +178,66 @@ def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, cfg: Conf
     return uri
 
 
-def export_step(cfg: Config, model: Any, out: str | os.PathLike, model_name: str | None = None,
+def export_step(cfg: Config, model: Any, out: str | os.PathLike = "", model_name: str | None = None,
+                model_version: int | str | None = None, volume_root: str = "", volume_claim: str = "",
                 version: int | str | None = None) -> dict[str, Any]:
-    """The `export` step: `model` (anything upscale takes) -> `<out>/<model_name>/<version>/`.
-    `model_name` defaults to cfg.registered_model_name, `version` to cfg.export_version."""
-    name = model_name or cfg.registered_model_name
-    version = version or cfg.export_version
+    """The `export` step: `model` (anything upscale takes) -> a `<name>/<version>/` SavedModel.
+    `model_name` defaults to cfg.registered_model_name; the version folder is
+    `model_version` (the registered version: each version gets its own folder), else
+    cfg.export_version. Where it goes (the first that applies):
+    - `out`: `<out>/<name>/<version>/` on this machine;
+    - cfg.deploy_storage_uri `s3://...` / `gs://...`: written here, then uploaded to
+      `<uri>/<name>/<version>/` through MLflow's artifact store client (boto3 with the
+      pod's AWS_* / MLFLOW_S3_ENDPOINT_URL, or GCS credentials);
+    - the pipeline's volume (`volume_root`, mounted claim `volume_claim`):
+      `<volume_root>/<path>/<name>/<version>/`, where deploy_storage_uri is
+      `pvc://<volume_claim>/<path>` (default path `serving`).
+    `storage_uri` in the result is the version folder as KServe's storage initializer reads it."""
+    name = _check_name(model_name or cfg.registered_model_name)
+    version = _check_version(model_version or version or cfg.export_version)
     max_pixels, max_batch = _limits(cfg)
-    path = export_savedmodel(model, out, name, version, max_pixels, max_batch)
+    base = cfg.deploy_storage_uri.rstrip("/")
+    scheme = base.split("://", 1)[0] if "://" in base else ""
+    if out:
+        path = export_savedmodel(model, out, name, version, max_pixels, max_batch)
+        storage_uri = f"{base}/{name}/{version}" if base else ""
+    elif scheme in ("s3", "gs"):
+        storage_uri = f"{base}/{name}/{version}"
+        path = _upload(model, storage_uri, max_pixels, max_batch)
+    elif volume_root and volume_claim:
+        claim, _, sub = (base.split("://", 1)[1] if scheme == "pvc" else f"{volume_claim}/serving").partition("/")
+        if claim != volume_claim:
+            raise ValueError(f"deploy_storage_uri {base!r} names claim {claim!r}, but this task mounts "
+                             f"{volume_claim!r}: use pvc://{volume_claim}/<path>, or s3://bucket/prefix")
+        sub = sub.strip("/") or "serving"
+        path = export_savedmodel(model, Path(volume_root) / sub, name, version, max_pixels, max_batch)
+        storage_uri = f"pvc://{claim}/{sub}/{name}/{version}"
+    else:
+        raise ValueError("export needs --out (a folder), or deploy_storage_uri s3://bucket/prefix or gs://..., "
+                         f"or the pipeline's volume; deploy_storage_uri={base!r}")
     return {
         "savedmodel_dir": str(path),
-        "model_base_path": str(path.parent),  # TF Serving --model_base_path / KServe storageUri
+        "model_base_path": str(Path(path).parent) if "://" not in str(path) else str(path).rsplit("/", 1)[0],
+        "storage_uri": storage_uri,
         "name": name,
         "version": int(version),
         "signature": SIGNATURE,
         "max_pixels": int(max_pixels),
         "max_batch": int(max_batch),
     }
+
+
+def _upload(model: Any, uri: str, max_pixels: int, max_batch: int) -> str:
+    """Write the SavedModel to a temporary folder and upload its files to `uri` (the version folder)."""
+    import tempfile
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory(prefix="srgan-savedmodel-") as tmp:
+        local = write_savedmodel(load_model(model), Path(tmp) / "sm", max_pixels, max_batch)
+        get_artifact_repository(uri).log_artifacts(str(local))
+    log.info("uploaded SavedModel to %s", uri)
+    return uri
 
 
 def _limits(cfg: Config | None) -> tuple[int, int]:

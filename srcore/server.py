@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import logging
@@ -74,7 +75,7 @@ class ServerLimits:
     """What the HTTP layer bounds (defaults = Config's serve_* fields); the model's own
     limits (pixels, batch, tile, time) are `serving`."""
 
-    serving: ServingLimits = ServingLimits()
+    serving: ServingLimits = dataclasses.field(default_factory=ServingLimits)
     max_body_bytes: int = 8 * 1024 * 1024
     max_concurrent: int = 2
     max_response_bytes: int = 16 * 1024 * 1024
@@ -459,7 +460,12 @@ def make_server(model: str | Any, name: str, host: str = "127.0.0.1", port: int 
     return UpscaleServer((host, port), generator, name, limits or ServerLimits())
 
 
-def main(argv: list[str] | None = None) -> int:
+SERVE_FLAGS = (("serve_max_pixels", int), ("serve_max_batch", int), ("serve_min_tile", int), ("serve_max_tile", int),
+               ("serve_max_seconds", float), ("serve_max_body_bytes", int), ("serve_max_concurrent", int),
+               ("serve_max_response_bytes", int))
+
+
+def build_parser() -> argparse.ArgumentParser:
     from srcore.config import Config
 
     d = Config()
@@ -468,18 +474,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=d.registered_model_name, help="model name in /v1/models/<name>")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=8080)
-    for field, kind in (("serve_max_pixels", int), ("serve_max_batch", int), ("serve_min_tile", int),
-                        ("serve_max_tile", int), ("serve_max_seconds", float), ("serve_max_body_bytes", int),
-                        ("serve_max_concurrent", int), ("serve_max_response_bytes", int)):
-        p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=getattr(d, field))
+    for field, kind in SERVE_FLAGS:
+        p.add_argument(f"--{field.replace('_', '-')}", dest=field, type=kind, default=getattr(d, field),
+                       help=next(f.metadata["help"] for f in dataclasses.fields(Config) if f.name == field))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg_values = {k: v for k, v in vars(args).items() if k.startswith("serve_")}
     for key, value in cfg_values.items():
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (math.isfinite(value) and value > 0):
             p.error(f"--{key.replace('_', '-')} must be a positive number, got {value}")
     limits = ServerLimits.from_config(_Values(cfg_values))
-    server = make_server(args.model, args.name, args.host, args.port, limits)
+    try:
+        server = make_server(args.model, args.name, args.host, args.port, limits)
+    except (OSError, ValueError) as e:
+        p.exit(2, f"srcore.server: cannot serve {args.model}: {e}\n")
     log.info("serving %s as %r on http://%s:%d (limits: %s)", args.model, args.name, args.host,
              server.server_address[1], limits)
     try:

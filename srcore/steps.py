@@ -102,20 +102,28 @@ STEPS: dict[str, Step] = {
     "export": Step(
         "srcore.export:export_step", _fields("export", "serve", extra=("registered_model_name",)),
         (Input("model", ".keras path or MLflow model URI (anything upscale takes)", required=True),
-         Input("out", "output folder: the SavedModel goes to <out>/<model_name>/<export_version>/", required=True),
-         Input("model_name", "model name folder (default: registered_model_name)")),
-        ("savedmodel_dir", "model_base_path", "name", "version", "signature", "max_pixels", "max_batch"),
+         Input("out", "output folder: the SavedModel goes to <out>/<model_name>/<version>/ (empty: to "
+                      "deploy_storage_uri s3:// or gs://, or the pipeline's volume)"),
+         Input("model_name", "model name folder (default: registered_model_name)"),
+         Input("model_version", "version folder: the registered version (default: export_version)"),
+         Input("volume_root", "where the pipeline's volume is mounted (KFP: the deploy branch)"),
+         Input("volume_claim", "the volume's claim, for the pvc:// URI KServe reads it by")),
+        ("savedmodel_dir", "model_base_path", "storage_uri", "name", "version", "signature", "max_pixels",
+         "max_batch"),
         "write a TensorFlow SavedModel (uint8 in, uint8 x4 out) in the TF Serving / KServe layout",
     ),
     "deploy": Step(
         "srcore.deploy:deploy_step", _fields("deploy", "serve", "tracking", extra=("registered_model_name",)),
         (Input("model_version", "registered version to serve (default: the champion)"),
+         Input("storage_uri", "the version's SavedModel folder as KServe reads it (default: "
+                              "deploy_storage_uri/<name>/<version>, else the version's MLflow artifact)"),
          # inputs as well as Config fields: KFP pipeline parameters reach a step only as inputs
          Input("namespace", "Kubernetes namespace (default: deploy_namespace)"),
-         Input("service_name", "InferenceService name (default: deploy_service_name)")),
+         Input("service_name", "InferenceService name (default: deploy_service_name)"),
+         Input("image", "predictor image: the project's (default: deploy_image)")),
         ("url", "namespace", "name", "action", "storage_uri", "generation", "registered_model_name",
          "registered_model_version"),
-        "serve a registered version on KServe (InferenceService, TF Serving) and wait until Ready",
+        "serve a registered version on KServe (InferenceService running srcore.server) and wait until Ready",
     ),
     "sweep": Step(
         "srcore.sweep:sweep_step", tuple(section_fields(*SECTIONS)),

@@ -1,6 +1,8 @@
 """KServe deploy (srcore.deploy): the manifest against KServe's published CRD schema
-(vendored excerpt), and the create / patch / wait-for-Ready calls of the real Kubernetes
-client against a loopback API server that records them."""
+(vendored excerpt), its container command line against srcore.server's own parser, the
+per-version export the pipeline's deploy branch writes, and the create / patch /
+wait-for-Ready calls of the real Kubernetes client against a loopback API server that
+records them."""
 
 from __future__ import annotations
 
@@ -49,51 +51,105 @@ def validator():
     return jsonschema.Draft7Validator(schema)
 
 
+IMAGE = "registry.example.com/srgan-celeba:abc123"
+
+
 def _cfg(**kw):
-    return build_config("smoke", overrides={"deploy_namespace": NS, "deploy_service_name": NAME, **kw})
+    return build_config("smoke", overrides={"deploy_namespace": NS, "deploy_service_name": NAME,
+                                            "deploy_image": IMAGE, **kw})
 
 
-@pytest.mark.parametrize("overrides", [{}, {"deploy_gpus": 1, "deploy_runtime_version": "2.19.0-gpu"},
+def _container(manifest: dict) -> dict:
+    [container] = manifest["spec"]["predictor"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("overrides", [{}, {"deploy_gpus": 1, "deploy_service_account": "kserve-s3"},
                                        {"deploy_concurrency": 0}])
 def test_manifest_passes_the_crd_schema(validator, overrides):
-    manifest = deploy.build_manifest(_cfg(**overrides), "s3://bucket/1/abc/artifacts/savedmodel", NS,
-                                     {"name": "srgan-celeba", "version": "3"})
+    uri = "s3://bucket/serving/srgan-celeba/3"
+    manifest = deploy.build_manifest(_cfg(**overrides), uri, NS, {"name": "srgan-celeba", "version": "3"})
     errors = [e.message for e in validator.iter_errors(manifest)]
     assert not errors, errors
     predictor = manifest["spec"]["predictor"]
+    container = _container(manifest)
     assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
-    assert predictor["model"]["modelFormat"] == {"name": "tensorflow"}
-    assert predictor["model"]["storageUri"] == "s3://bucket/1/abc/artifacts/savedmodel"
-    seconds = math.ceil(_cfg().serve_max_seconds)  # the served model's own time limit
-    assert predictor["timeout"] == seconds and f"--rest_api_timeout_in_ms={seconds * 1000}" in predictor["model"]["args"]
+    # KServe's storage initializer reads a custom container's model location from STORAGE_URI
+    assert container["name"] == "kserve-container" and container["image"] == IMAGE
+    assert {"name": "STORAGE_URI", "value": uri} in container["env"]
+    assert container["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{NAME}"
+    assert "model" not in predictor
+    seconds = math.ceil(_cfg().serve_max_seconds)  # the server's own deadline answers first
+    assert predictor["timeout"] > seconds
+    assert predictor.get("serviceAccountName") == overrides.get("deploy_service_account")
     gpus = overrides.get("deploy_gpus", 0)
-    assert predictor["model"]["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
     assert ("containerConcurrency" in predictor) == (overrides.get("deploy_concurrency", 2) > 0)
-    # the body the patch sends is valid too (nulls remove what we no longer set)
     patch = deploy._patch_body(manifest)
-    assert patch["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == (str(gpus) if gpus else None)
+    assert patch["spec"]["predictor"]["model"] is None  # an older TF Serving predictor is removed
+    assert patch["spec"]["predictor"]["containers"] == predictor["containers"]
+
+
+def test_the_container_runs_srcore_server_with_the_configs_limits():
+    from srcore.server import build_parser
+
+    cfg = _cfg(serve_max_seconds=12.5, serve_max_concurrent=3, serve_max_body_bytes=1234)
+    container = _container(deploy.build_manifest(cfg, "pvc://srgan-data/serving/m/1", NS))
+    assert container["command"] == ["python", "-m", "srcore.server"]
+    args = build_parser().parse_args(container["args"])  # the real server's parser accepts them
+    assert (args.model, args.name, args.host, args.port) == ("/mnt/models", NAME, "0.0.0.0", 8080)
+    assert (args.serve_max_seconds, args.serve_max_concurrent, args.serve_max_body_bytes) == (12.5, 3, 1234)
+    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
 
 
 def test_schema_check_catches_misspelt_and_missing_fields(validator):
-    manifest = deploy.build_manifest(_cfg(), "gs://b/savedmodel", NS)
+    manifest = deploy.build_manifest(_cfg(), "gs://b/savedmodel/m/1", NS)
     bad = copy.deepcopy(manifest)
-    bad["spec"]["predictor"]["model"]["storageURI"] = bad["spec"]["predictor"]["model"].pop("storageUri")
-    assert any("storageURI" in e.message for e in validator.iter_errors(bad))
+    _container(bad)["enviroment"] = _container(bad).pop("env")
+    assert any("enviroment" in e.message for e in validator.iter_errors(bad))
     bad = copy.deepcopy(manifest)
-    bad["spec"]["predictor"]["model"]["modelFormat"] = {"version": "2"}
+    del _container(bad)["name"]
     assert any("'name' is a required property" in e.message for e in validator.iter_errors(bad))
     bad = copy.deepcopy(manifest)
     bad["spec"]["predictor"]["containerConcurrency"] = "2"
     assert list(validator.iter_errors(bad))
+    bad = copy.deepcopy(manifest)
+    bad["spec"]["predictor"]["serviceAccount_name"] = "sa"
+    assert list(validator.iter_errors(bad))
 
 
-def test_bad_names_and_storage_uris_are_refused():
+def test_bad_names_storage_uris_and_no_image_are_refused():
     with pytest.raises(ValueError, match="deploy_service_name"):
         deploy.build_manifest(_cfg(deploy_service_name="SRGAN_celeba"), "s3://b/m", NS)
     for uri in ("mlflow-artifacts:/1/abc/artifacts/savedmodel", "/local/path", "file:///tmp/m"):
         with pytest.raises(ValueError, match="deploy_storage_uri"):
             deploy.build_manifest(_cfg(), uri, NS)
-    assert deploy.check_storage_uri("pvc://srgan-data/serving/srgan-celeba")
+    assert deploy.check_storage_uri("pvc://srgan-data/serving/srgan-celeba/3")
+    with pytest.raises(ValueError, match="deploy_image"):
+        deploy.build_manifest(_cfg(deploy_image=""), "s3://b/m", NS)
+
+
+def test_export_writes_one_folder_per_version_where_kserve_reads_it(tmp_path):
+    from srcore.export import export_step
+    from srcore.models import build_generator
+    from srcore.server import load_model
+
+    gen = tmp_path / "g.keras"
+    build_generator(4, 1, 4).save(gen)
+    volume = tmp_path / "volume"
+    uris = [export_step(_cfg(), str(gen), model_version=v, volume_root=str(volume), volume_claim="srgan-data")
+            for v in ("3", "4")]
+    assert [u["storage_uri"] for u in uris] == ["pvc://srgan-data/serving/srgan-celeba/3",
+                                                "pvc://srgan-data/serving/srgan-celeba/4"]
+    for version in ("3", "4"):  # what the storage initializer mounts at /mnt/models, loaded as the server does
+        assert load_model(str(volume / "serving" / "srgan-celeba" / version)).scale_factor == 4
+    custom = export_step(_cfg(deploy_storage_uri="pvc://srgan-data/models"), str(gen), model_version="5",
+                         volume_root=str(volume), volume_claim="srgan-data")
+    assert custom["storage_uri"] == "pvc://srgan-data/models/srgan-celeba/5"
+    assert (volume / "models" / "srgan-celeba" / "5" / "saved_model.pb").is_file()
+    with pytest.raises(ValueError, match="names claim 'other'"):
+        export_step(_cfg(deploy_storage_uri="pvc://other/models"), str(gen), model_version="5",
+                    volume_root=str(volume), volume_claim="srgan-data")
 
 
 # ---- loopback Kubernetes API -----------------------------------------------------------
@@ -197,7 +253,7 @@ def test_create_then_patch_and_wait_for_the_new_generation(kserve, validator):
     assert methods[:2] == [("GET", f"{ISVC_PATH}/{NAME}"), ("POST", ISVC_PATH)]
     created = kserve.requests[1]["body"]
     assert not list(validator.iter_errors(created))
-    assert created["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/run1/savedmodel"
+    assert {"name": "STORAGE_URI", "value": "s3://bucket/run1/savedmodel"} in _container(created)["env"]
 
     kserve.requests.clear()
     second = deploy.deploy(_cfg(deploy_gpus=1), "s3://bucket/run2/savedmodel", {"name": "m", "version": "2"}, api,
@@ -205,14 +261,15 @@ def test_create_then_patch_and_wait_for_the_new_generation(kserve, validator):
     assert (second.action, second.generation) == ("patched", 2)
     patch = next(r for r in kserve.requests if r["method"] == "PATCH")
     assert patch["content_type"] == "application/merge-patch+json"
-    assert patch["body"]["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/run2/savedmodel"
+    assert {"name": "STORAGE_URI", "value": "s3://bucket/run2/savedmodel"} in \
+        patch["body"]["spec"]["predictor"]["containers"][0]["env"]
     # the stale Ready of generation 1 did not count: it polled until generation 2 was Ready
     assert kserve.polls >= 2 and kserve.obj["status"]["observedGeneration"] == 2
-    assert kserve.obj["spec"]["predictor"]["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert _container(kserve.obj)["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
     deploy.deploy(_cfg(), "s3://bucket/run2/savedmodel", {"name": "m", "version": "2"}, api, poll_s=0.01)
     live = kserve.obj["spec"]["predictor"]
-    assert "nvidia.com/gpu" not in live["model"]["resources"]["limits"] and "tolerations" not in live
+    assert "nvidia.com/gpu" not in _container(kserve.obj)["resources"]["limits"] and "tolerations" not in live
 
 
 def test_not_ready_times_out_with_a_reason(kserve):
@@ -229,14 +286,14 @@ def test_deploy_step_tags_the_registered_version(kserve, tracking):
     client.create_registered_model("srgan-deploy-test")
     mv = client.create_model_version("srgan-deploy-test", "s3://bucket/some/model")
     client.set_registered_model_alias("srgan-deploy-test", "champion", mv.version)
-    cfg = _cfg(registered_model_name="srgan-deploy-test", deploy_storage_uri="pvc://srgan-data/serving/srgan-celeba")
+    cfg = _cfg(registered_model_name="srgan-deploy-test", deploy_storage_uri="pvc://srgan-data/serving")
 
     out = deploy.deploy_step(cfg, api_client=_api_client(kserve.url), poll_s=0.01)
     assert out["registered_model_version"] == str(mv.version) and out["url"].startswith("http://")
     tags = client.get_model_version("srgan-deploy-test", mv.version).tags
     assert tags["deploy.endpoint"] == out["url"]
     assert tags["deploy.inference_service"] == f"{NS}/{NAME}"
-    assert tags["deploy.storage_uri"] == "pvc://srgan-data/serving/srgan-celeba"
+    assert tags["deploy.storage_uri"] == f"pvc://srgan-data/serving/srgan-deploy-test/{mv.version}"
     assert kserve.requests[1]["body"]["metadata"]["labels"]["srgan.registered-model-version"] == str(mv.version)
 
 
@@ -274,6 +331,16 @@ def test_main_pipeline_deploys_only_a_new_champion_when_asked(tmp_path):
     inputs = task["inputs"]["parameters"]
     assert inputs["model_version"]["componentInputParameter"].endswith("register-version")
     assert inputs["namespace"]["componentInputParameter"].endswith("deploy_namespace")
+    # the version's SavedModel comes from the export task beside it, the predictor image is the pipeline's
+    assert inputs["storage_uri"]["taskOutputParameter"] == {"outputParameterKey": "storage_uri",
+                                                            "producerTask": "export"}
+    assert inputs["image"]["runtimeValue"]["constant"] == "example.org/srgan:abc"
+    branch = next(c["dag"] for c in spec["components"].values()
+                  if "dag" in c and {"deploy", "export"} <= set(c["dag"]["tasks"]))
+    export = branch["tasks"]["export"]["inputs"]
+    assert export["parameters"]["model_version"]["componentInputParameter"].endswith("register-version")
+    assert export["parameters"]["volume_claim"]["componentInputParameter"].endswith("pvc_name")
+    assert export["artifacts"]["model"]["componentInputArtifact"].endswith("train-model")
 
 
 def test_storage_uri_comes_from_the_versions_run_and_must_be_readable_by_kserve(tracking):
@@ -298,4 +365,5 @@ def test_storage_uri_comes_from_the_versions_run_and_must_be_readable_by_kserve(
     # a local file store is no place KServe can download from: the error says what to configure
     with pytest.raises(ValueError, match="deploy_storage_uri"):
         deploy.storage_uri_for(cfg, "srgan-storage-test", str(mv.version))
-    assert deploy.storage_uri_for(_cfg(deploy_storage_uri="gs://b/sm"), "srgan-storage-test", "1") == "gs://b/sm"
+    assert deploy.storage_uri_for(_cfg(deploy_storage_uri="gs://b/sm/"), "srgan-storage-test", "1") == \
+        "gs://b/sm/srgan-storage-test/1"  # one folder per version
