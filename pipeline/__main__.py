@@ -30,7 +30,7 @@ def _auth_flags(p: argparse.ArgumentParser) -> None:
                    help="bearer token file, re-read per request (default: $KFP_TOKEN, else the in-cluster "
                         "service-account token when mounted)")
     p.add_argument("--cookie", default=None,
-                   help="auth cookie for Dex / oauth2-proxy, e.g. authservice_session=... (default $KFP_COOKIE)")
+                   help="auth cookie for oauth2-proxy (Kubeflow 1.9+), e.g. oauth2_proxy_kubeflow=... (default $KFP_COOKIE)")
     p.add_argument("--image", default=None, help="component image (default $SRGAN_IMAGE, or "
                    "$SRGAN_IMAGE_REPOSITORY:<git commit>)")
     p.add_argument("--package", default=None, help="use this compiled YAML instead of compiling")

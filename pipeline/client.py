@@ -8,7 +8,7 @@ Credentials, first found wins:
    (`$KF_PIPELINES_SA_TOKEN_PATH`, default /var/run/secrets/kubeflow/pipelines/token);
 4. none (a port-forwarded single-user API).
 An auth cookie for Dex / oauth2-proxy installs (`--cookie` / `$KFP_COOKIE`, e.g.
-`authservice_session=...` or `oauth2_proxy_kubeflow=...`) is sent on every request.
+`oauth2_proxy_kubeflow=...`, the oauth2-proxy session of Kubeflow 1.9+) is sent on every request.
 
 Namespace (multi-user Kubeflow: the profile namespace): `--namespace`, else
 `$KFP_NAMESPACE`, else this pod's namespace, else the active kube context's namespace.

@@ -64,13 +64,19 @@ class Resources:
 class ClusterSettings:
     gpu_type: str = "nvidia.com/gpu"  # the Kubernetes extended resource of NVIDIA's device plugin
     gpu_count: int = 1
-    # label of NVIDIA GPU feature discovery / the GPU operator; "" = no node selector
-    gpu_node_selector: str = "nvidia.com/gpu.present=true"
+    # "" = none: the accelerator limit alone makes the scheduler pick a node whose device
+    # plugin offers `gpu_type`. A label such as nvidia.com/gpu.present=true exists only
+    # where GPU feature discovery (or the GPU operator) runs; elsewhere it would keep
+    # train Pending forever.
+    gpu_node_selector: str = ""
     # key:operator[:value]:effect of the GPU nodes' taint; "" = no toleration
     gpu_toleration: str = "nvidia.com/gpu:Exists:NoSchedule"
     mlflow_secret: str = "mlflow-credentials"  # "" = no Secret
     mlflow_secret_optional: bool = False
     mlflow_tracking_uri: str = ""  # default of the pipeline parameter
+    # the slim CPU image (Dockerfile `--build-arg SRGAN_FLAVOR=cpu`, same lock, no CUDA
+    # wheels) for every task but train; "" = the one (GPU) image for all
+    cpu_image: str = ""
     ingest: Resources = Resources("2", "4", "4Gi", "8Gi")
     train: Resources = Resources("4", "8", "16Gi", "32Gi")
     evaluate: Resources = Resources("2", "4", "8Gi", "12Gi")
@@ -88,7 +94,7 @@ class ClusterSettings:
     def from_env(cls) -> "ClusterSettings":
         """Defaults overridden by SRGAN_GPU_TYPE, SRGAN_GPU_COUNT, SRGAN_GPU_NODE_SELECTOR,
         SRGAN_GPU_TOLERATION, SRGAN_MLFLOW_SECRET, SRGAN_MLFLOW_SECRET_OPTIONAL,
-        SRGAN_MLFLOW_TRACKING_URI, SRGAN_TRAIN_CPU / SRGAN_TRAIN_MEMORY ("request[,limit]")."""
+        SRGAN_MLFLOW_TRACKING_URI, SRGAN_CPU_IMAGE, SRGAN_TRAIN_CPU / SRGAN_TRAIN_MEMORY ("request[,limit]")."""
         d = cls()
 
         def res(name: str, base: Resources) -> Resources:
@@ -111,6 +117,7 @@ class ClusterSettings:
             mlflow_secret=_env("SRGAN_MLFLOW_SECRET", d.mlflow_secret),
             mlflow_secret_optional=_env("SRGAN_MLFLOW_SECRET_OPTIONAL", "false").lower() in ("1", "true", "yes"),
             mlflow_tracking_uri=_env("SRGAN_MLFLOW_TRACKING_URI", d.mlflow_tracking_uri),
+            cpu_image=_env("SRGAN_CPU_IMAGE", d.cpu_image),
             ingest=res("INGEST", d.ingest),
             train=res("TRAIN", d.train),
             evaluate=res("EVALUATE", d.evaluate),
@@ -180,13 +187,28 @@ def apply_platform(task: dsl.PipelineTask, s: ClusterSettings, gpu: bool = False
         kubernetes.add_toleration(task, **_toleration(s.gpu_toleration))
 
 
+# tasks that need the GPU image; every other task can run from the CPU image
+GPU_STEPS = ("train",)
+
+
+def on_cpu_image(comps: dict, s: ClusterSettings, cluster: bool) -> dict:
+    """`comps` with every task but GPU_STEPS rebuilt for `s.cpu_image` (cluster builds
+    with SRGAN_CPU_IMAGE set), so that CPU tasks do not pull the multi-GB CUDA image."""
+    if not (cluster and s.cpu_image):
+        return comps
+    from components._common import resolve_image
+
+    cpu_image = resolve_image(s.cpu_image)
+    return {k: c if k in GPU_STEPS else components.with_image(c, cpu_image) for k, c in comps.items()}
+
+
 def build_pipeline(image: str | None = None, cluster: bool | None = None, settings: ClusterSettings | None = None):
     """The pipeline for `image` (default: components.BASE_IMAGE, i.e. $SRGAN_IMAGE).
     `cluster` None: a cluster build unless kfp.local is initialised."""
     s = settings or ClusterSettings.from_env()
     if cluster is None:
         cluster = not running_locally()
-    comps = components.all_components(image)
+    comps = on_cpu_image(components.all_components(image), s, cluster)
 
     def platform(task: dsl.PipelineTask, gpu: bool = False) -> None:
         if cluster:

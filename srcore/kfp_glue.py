@@ -99,6 +99,8 @@ def on_volume(cfg: Config, volume_root: str, pipeline_run_id: str = "", checkpoi
         return current if Path(current).is_absolute() else str(default)  # '~/...' too: the pod's home is not kept
 
     run_dir = root / "runs" / (pipeline_run_id or "local")
+    if checkpoint_dir and not Path(checkpoint_dir).expanduser().is_absolute():
+        checkpoint_dir = str(root / checkpoint_dir)  # on the volume, not in the pod's lost home folder
     return apply_overrides(cfg, {
         "source": source,
         "data_dir": place(cfg.data_dir, root / "data" / f"{Path(cfg.data_dir).name}-{data_key(cfg)}"),

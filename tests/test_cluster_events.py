@@ -86,6 +86,8 @@ def test_resubmission_with_the_same_checkpoint_dir_resumes_into_the_same_mlflow_
     cfg_a = _cfg(volume, "kfp-run-a", experiment, str(checkpoints), **knobs)
     cfg_b = _cfg(volume, "kfp-run-b", experiment, str(checkpoints), **knobs)
     assert cfg_a.model_dir == cfg_b.model_dir == str(checkpoints)  # the checkpoint location is the key
+    # a relative checkpoint_dir is a folder on the volume, as `source` is (not the pod's home)
+    assert _cfg(volume, "kfp-run-c", experiment, "checkpoints/srgan", **knobs).model_dir == str(checkpoints)
 
     parent_a = kfp_glue.connect(cfg_a, glue, pipeline_run_id="kfp-run-a", first=True)
     monkeypatch.setenv(train_mod.FAULT_ENV, "1")

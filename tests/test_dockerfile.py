@@ -162,3 +162,53 @@ def test_pull_secrets_setting(no_image_env):
     assert image_pull_secrets() == []
     no_image_env.setenv("SRGAN_IMAGE_PULL_SECRET", "regcred, other ")
     assert image_pull_secrets() == ["regcred", "other"]
+
+
+# ---- flavours: gpu (default) and the slim cpu image, from the same lock ---------------------
+
+
+def _stages() -> list[tuple[str, str, list[str]]]:
+    """(FROM argument, stage name, instruction lines) per stage; backslash continuations joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    stages: list[tuple[str, str, list[str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"FROM (\S+)(?: AS (\S+))?$", line)
+        if m:
+            stages.append((m.group(1), m.group(2) or "", []))
+        elif stages:
+            stages[-1][2].append(line)
+    return stages
+
+
+def test_gpu_and_cpu_flavours_install_the_same_lock():
+    assert re.search(r"^ARG SRGAN_FLAVOR=gpu$", DOCKERFILE.split("\nFROM ", 1)[0], re.M)  # global, before FROM
+    stages = {name: lines for _, name, lines in _stages() if name}
+    gpu = " ".join(stages["deps-gpu"])
+    cpu = " ".join(stages["deps-cpu"])
+    assert '"tensorflow[and-cuda]==${TF_VERSION}"' in gpu
+    assert '"tensorflow==${TF_VERSION}"' in cpu and "and-cuda" not in cpu and "find_spec('nvidia') is None" in cpu
+    # the same requirements and constraints, only the TensorFlow extra differs
+    assert cpu.replace('"tensorflow==${TF_VERSION}"', "X").split("&& python -c")[0] == \
+        gpu.replace('"tensorflow[and-cuda]==${TF_VERSION}"', "X").split("&& python -c")[0]
+    froms = [(src, name) for src, name, _ in _stages()]
+    assert ("base", "deps-gpu") in froms and ("base", "deps-cpu") in froms
+    # the final stage (user, weights, code) sits on the chosen flavour
+    final_from, _, final = _stages()[-1]
+    assert final_from == "deps-${SRGAN_FLAVOR}"
+    assert any(line.startswith("COPY srcore") for line in final)
+    assert re.search(r"SRGAN_IMAGE_FLAVOR=\$\{SRGAN_FLAVOR\}", DOCKERFILE)
+
+
+def test_every_build_arg_is_declared_in_the_stage_that_uses_it():
+    """An ARG is scoped to its stage: a stage built FROM another does not inherit it, and
+    `${TF_VERSION}` would silently expand to '' (pip would install any TensorFlow)."""
+    for src, name, lines in _stages():
+        declared = {re.match(r"ARG (\w+)", line).group(1) for line in lines if line.startswith("ARG ")}
+        declared |= {m for line in lines if line.startswith("ENV ") for m in re.findall(r"(\w+)=", line)}
+        for line in lines:
+            if line.startswith(("RUN ", "ENV ", "LABEL ", "USER ", "COPY ")):
+                for var in re.findall(r"\$\{(\w+)\}", line):
+                    assert var in declared, f"stage {name or src}: ${{{var}}} used without ARG {var} in the stage"

@@ -60,7 +60,7 @@ def _by_kind(objects: list[dict]) -> dict[str, dict]:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_match_the_kubernetes_api_schema(folder, version):
     objects = _build(folder)
-    assert {o["kind"] for o in objects} == {"PersistentVolumeClaim", "Job", "Role", "RoleBinding"}
+    assert {o["kind"] for o in objects} == {"PersistentVolumeClaim", "Job", "Role", "RoleBinding", "LimitRange"}
     for obj in objects:
         assert "namespace" not in obj["metadata"], "`kubectl apply -k ... -n $NS` places the objects"
         try:
@@ -160,3 +160,26 @@ def test_role_binding_binds_the_pipeline_service_accounts_in_its_own_namespace()
     assert set(subjects) == {"pipeline-runner", "default-editor"}  # standalone KFP, Kubeflow profiles
     # unqualified ServiceAccount subjects mean the RoleBinding's namespace (RBAC authorizer's appliesToUser)
     assert all(s["kind"] == "ServiceAccount" and "namespace" not in s for s in subjects.values())
+
+
+def test_ephemeral_storage_request_for_every_container_without_one():
+    """KFP 2.17 cannot set ephemeral-storage per task (the IR's ResourceSpec has no such
+    field): the namespace's LimitRange gives each container a request at admission."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    fields = {f.name for f in pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+              .DESCRIPTOR.fields}
+    assert not any("ephemeral" in f or "storage" in f for f in fields), "KFP can now set it per task: use that"
+    (limit,) = _by_kind(_build(K8S))["LimitRange"]["spec"]["limits"]
+    assert limit["type"] == "Container" and limit["defaultRequest"]["ephemeral-storage"]
+    assert "default" not in limit  # a request only: no limit that could kill a task
+
+
+def test_istio_exception_keeps_strict_but_accepts_plain_text_on_mlflows_port():
+    (policy,) = [d for d in yaml.safe_load_all((K8S / "istio" / "mlflow-permissive.yaml").read_text()) if d]
+    assert policy["apiVersion"] == "security.istio.io/v1beta1" and policy["kind"] == "PeerAuthentication"
+    spec = policy["spec"]
+    assert spec["selector"]["matchLabels"]  # portLevelMtls is ignored without a workload selector
+    assert spec["mtls"]["mode"] == "STRICT"
+    assert {str(port): v["mode"] for port, v in spec["portLevelMtls"].items()} == {"5000": "PERMISSIVE"}
+    assert set(spec) == {"selector", "mtls", "portLevelMtls"}

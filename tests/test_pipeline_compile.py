@@ -153,7 +153,8 @@ def test_node_selector_toleration_and_secret(compiled):
     _, platform, _ = compiled
     assert platform is not None
     train = platform["exec-train"]
-    assert train["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    # no node selector by default: the nvidia.com/gpu limit alone schedules train on a GPU node
+    assert "nodeSelector" not in train
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     for step in STEPS:
         (secret,) = platform[f"exec-{step}"]["secretAsEnv"]

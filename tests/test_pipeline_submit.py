@@ -160,7 +160,7 @@ def test_submit_creates_run_with_parameters(kfp_api, monkeypatch, capsys):
     assert _task_names(spec) >= {"ingest", "train", "evaluate", "register"}
     assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {IMAGE}
     executors = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert executors["exec-train"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+    assert executors["exec-train"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert executors["exec-register"]["secretAsEnv"][0]["secretName"] == "mlflow-credentials"
     for r in requests:
         assert r["headers"].get("authorization") == "Bearer tok-123"
