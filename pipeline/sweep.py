@@ -24,7 +24,7 @@ from kfp.dsl import Dataset, Input
 import components
 from components.pick_best import pick_best
 from components.start_trial import start_trial
-from pipeline.dag import ClusterSettings, _resources, apply_platform, local_volume_root, running_locally
+from pipeline.dag import ClusterSettings, _resources, apply_platform, local_volume_root, on_cpu_image, running_locally
 
 SWEEP_PIPELINE_NAME = "srgan-celeba-sweep"
 SWEEP_DESCRIPTION = ("SRGAN x4 hyper-parameter sweep: ingest once, train + evaluate each trial in parallel, "
@@ -48,10 +48,12 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
     parallelism = parallelism or default_parallelism()
     if parallelism < 1:
         raise ValueError(f"sweep parallelism must be >= 1, got {parallelism}")
-    comps = components.all_components(image)
     glue = {"start_trial": start_trial, "pick_best": pick_best}
     if image:
         glue = {k: components.with_image(c, image) for k, c in glue.items()}
+    # every task but train from the slim CPU image when SRGAN_CPU_IMAGE is set
+    both = on_cpu_image({**components.all_components(image), **glue}, s, cluster)
+    comps, glue = {k: v for k, v in both.items() if k not in glue}, {k: both[k] for k in glue}
 
     def platform(task: dsl.PipelineTask, gpu: bool = False, volume: str | None = None) -> None:
         if cluster:

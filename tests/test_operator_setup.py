@@ -56,6 +56,23 @@ def test_one_image_for_all_tasks_unless_a_cpu_image_is_given(default_build, tmp_
     assert images and set(images.values()) == {CPU_IMAGE}, images  # ingest, evaluate, register, deploy, finish
 
 
+def test_sweep_trains_on_the_gpu_image_and_runs_the_rest_on_the_cpu_image(tmp_path):
+    import dataclasses
+
+    from kfp import compiler
+
+    from pipeline.dag import ClusterSettings
+    from pipeline.sweep import build_sweep_pipeline
+
+    settings = dataclasses.replace(ClusterSettings(), cpu_image=CPU_IMAGE)
+    out = tmp_path / "sweep.yaml"
+    compiler.Compiler().compile(build_sweep_pipeline(image=GPU_IMAGE, cluster=True, settings=settings), str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    images = {name: e["container"]["image"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    assert {n for n, i in images.items() if i == GPU_IMAGE} == {"exec-train"}, images
+    assert {"exec-start-trial", "exec-pick-best", "exec-ingest"} <= {n for n, i in images.items() if i == CPU_IMAGE}
+
+
 def test_cpu_image_from_env_and_placeholder_refused(monkeypatch, tmp_path):
     from components._common import PLACEHOLDER_IMAGE, ImageNotSetError
     from pipeline.dag import ClusterSettings, build_pipeline
