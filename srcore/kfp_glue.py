@@ -110,13 +110,13 @@ def on_volume(cfg: Config, volume_root: str, pipeline_run_id: str = "", checkpoi
     })
 
 
-def check_volume(cfg: Config, step: str) -> None:
+def check_volume(cfg: Config, step: str, *paths: str) -> None:
     """Exit at once with one line (folder, uid, fix) when `step` cannot write its folders
-    (srcore.volume): SystemExit prints only that line, no traceback."""
+    (srcore.volume.STEP_OUTPUTS, plus `paths`): SystemExit prints only that line, no traceback."""
     from srcore import volume
 
     try:
-        volume.check_step(cfg, step)
+        volume.check_step(cfg, step, paths)
     except volume.VolumeNotWritableError as e:
         raise SystemExit(f"{step}: {e}") from None
 

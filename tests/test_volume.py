@@ -99,3 +99,14 @@ def test_ingest_train_evaluate_check_before_they_connect_or_run():
         check = body.index(f'kfp_glue.check_volume(')
         assert re.search(rf'check_volume\([^\n]*"{step}"\)', body), step
         assert check < body.index("kfp_glue.connect(") < body.index("steps.run("), step
+
+
+def test_extra_paths_of_a_step_are_checked_too(tmp_path):
+    """A step outside STEP_OUTPUTS (e.g. export writing under volume_root) names its folders."""
+    from srcore import kfp_glue
+    from srcore.config import Config
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit, match=rf"^export: {tmp_path / 'f'} is not writable"):
+        kfp_glue.check_volume(Config(), "export", str(tmp_path / "f" / "serving"))
+    kfp_glue.check_volume(Config(), "export", str(tmp_path / "serving"))  # the nearest folder is writable
