@@ -43,7 +43,7 @@ def _parents(client, run_id):
 def test_ingest_retry_reuses_its_parent_run(glue, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from srcore import kfp_glue
+    from srcore import kfp_glue, tracking
 
     client = MlflowClient(glue)
     experiment, kfp_run = f"retry-{uuid.uuid4().hex[:8]}", f"kfp-{uuid.uuid4()}"
@@ -53,7 +53,8 @@ def test_ingest_retry_reuses_its_parent_run(glue, tmp_path):
     assert retry == first
     assert [r.info.run_id for r in _parents(client, kfp_run)] == [first]
 
-    assert kfp_glue.finish(glue, kfp_run, "SUCCEEDED") == [first]
+    # the exit task ends it (through tracking's protocol, whatever finish's signature)
+    assert tracking.finish_parent(kfp_run, failed=False) == [first]
     assert client.get_run(first).info.status == "FINISHED"
     # an ended parent is never reopened: only a RUNNING one belongs to a retry
     again = kfp_glue.connect(cfg, glue, pipeline_run_id=kfp_run, first=True)
@@ -76,7 +77,7 @@ def test_resubmission_with_the_same_checkpoint_dir_resumes_into_the_same_mlflow_
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from srcore import kfp_glue, steps, train as train_mod
+    from srcore import kfp_glue, steps, tracking, train as train_mod
 
     client = MlflowClient(glue)
     experiment = f"resubmit-{uuid.uuid4().hex[:8]}"
@@ -96,7 +97,7 @@ def test_resubmission_with_the_same_checkpoint_dir_resumes_into_the_same_mlflow_
     while mlflow.active_run():
         mlflow.end_run("FAILED")
     train_run = (checkpoints / train_mod.RUN_ID_FILE).read_text().strip()  # stored beside the checkpoints
-    kfp_glue.finish(glue, "kfp-run-a", "FAILED", "train: pod deleted")
+    tracking.finish_parent("kfp-run-a", failed=True, detail="train: pod deleted")  # the exit task
     assert client.get_run(parent_a).info.status == "FAILED"
 
     parent_b = kfp_glue.connect(cfg_b, glue, pipeline_run_id="kfp-run-b", first=True)
@@ -107,4 +108,4 @@ def test_resubmission_with_the_same_checkpoint_dir_resumes_into_the_same_mlflow_
     assert run.info.status == "FINISHED" and run.data.tags["resumed_from_epoch"] == "1"
     trains = client.search_runs([run.info.experiment_id], "tags.`srgan.step` = 'train'")
     assert [r.info.run_id for r in trains] == [train_run]  # one MLflow training run across both KFP runs
-    kfp_glue.finish(glue, "kfp-run-b", "SUCCEEDED")
+    tracking.finish_parent("kfp-run-b", failed=False)
