@@ -126,6 +126,10 @@ def test_readme_parameter_table_is_the_compiled_pipelines(default_build):
 def test_readme_states_what_is_retried_and_the_current_auth_names():
     retries = _section("What is retried, and what is not")
     assert "**not retried**" in retries and "checkpoint_dir" in retries
+    from pipeline.dag import ClusterSettings
+
+    s = ClusterSettings()
+    assert f"ingest {s.ingest_retries}x, train {s.train_retries}x, register {s.register_retries}x" in retries
     assert "preempted train pod is retried" not in README.read_text()
     auth = _section("Multi-user Kubeflow: tokens and cookies")
     assert "kubectl -n $NS create token default-editor --audience=pipelines.kubeflow.org" in auth
