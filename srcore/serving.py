@@ -26,6 +26,11 @@ scoring server answers with HTTP 400 and a message naming the limit; work past t
 time budget stops between tiles (HTTP 503). Every image goes through srcore.upscale's
 tiled inference, so the generator's memory depends on the tile, not the image.
 
+`mlflow models serve` parses and converts the whole JSON body before `predict` (and so
+before these limits), and casts floats to uint8 on the way: serve it only behind an
+ingress that caps body size, concurrency and time, or use srcore.server, the project's
+bounded server, which answers the same `/invocations` payload.
+
 Logged as MLflow "models from code" (srcore/upscaler_model.py builds the model), so
 nothing is cloudpickled.
 """

@@ -100,7 +100,8 @@ STEPS: dict[str, Step] = {
         "upscale image files x4 with a generator",
     ),
     "export": Step(
-        "srcore.export:export_step", _fields("export", "serve", extra=("registered_model_name",)),
+        "srcore.export:export_step", _fields("export", "serve",
+                                              extra=("registered_model_name", "deploy_storage_uri")),
         (Input("model", ".keras path or MLflow model URI (anything upscale takes)", required=True),
          Input("out", "output folder: the SavedModel goes to <out>/<model_name>/<version>/ (empty: to "
                       "deploy_storage_uri s3:// or gs://, or the pipeline's volume)"),
