@@ -141,7 +141,7 @@ def sha(data: bytes) -> str:
 def test_download_verifies_and_caches(server: FileServer, tmp_path: Path):
     path = download(server.url, tmp_path, sha(PAYLOAD))
     assert path.read_bytes() == PAYLOAD
-    assert path.name == "img_align_celeba.zip" and path == cache_path(server.url, tmp_path)
+    assert path.name == "img_align_celeba.zip" and path == cache_path(server.url, tmp_path, sha(PAYLOAD))
     assert not list(tmp_path.rglob("*.part"))
     # A verified cached file is reused without touching the network.
     server.shutdown()
@@ -161,7 +161,7 @@ def test_dropped_connection_is_resumed_with_range(server: FileServer, tmp_path: 
 
 
 def test_partial_file_from_an_earlier_run_is_resumed(server: FileServer, tmp_path: Path):
-    target = cache_path(server.url, tmp_path)
+    target = cache_path(server.url, tmp_path, sha(PAYLOAD))
     target.parent.mkdir(parents=True)
     target.with_name(target.name + ".part").write_bytes(PAYLOAD[:1000])
     assert download(server.url, tmp_path, sha(PAYLOAD)).read_bytes() == PAYLOAD
@@ -170,7 +170,7 @@ def test_partial_file_from_an_earlier_run_is_resumed(server: FileServer, tmp_pat
 
 def test_server_ignoring_range_restarts_from_zero(server: FileServer, tmp_path: Path):
     server.ignore_range = True
-    target = cache_path(server.url, tmp_path)
+    target = cache_path(server.url, tmp_path, sha(PAYLOAD))
     target.parent.mkdir(parents=True)
     target.with_name(target.name + ".part").write_bytes(b"stale bytes that are not the payload")
     assert download(server.url, tmp_path, sha(PAYLOAD)).read_bytes() == PAYLOAD
@@ -215,7 +215,7 @@ def test_url_source_ingests_the_downloaded_zip(server: FileServer, tmp_path: Pat
     assert {k: source[k] for k in ("kind", "url", "sha256")} == {"kind": "url", "url": server.url, "sha256": sha(server.payload)}
     assert source["candidates"] == 6 and len(source["fingerprint"]) == 64  # the zip's entries (CRC + size)
     assert manifest["counts"] == {"train": 4, "test": 2, "skipped": 0}
-    assert cache_path(server.url, cfg.cache_dir).read_bytes() == server.payload
+    assert cache_path(server.url, cfg.cache_dir, cfg.sha256).read_bytes() == server.payload
 
 
 def test_connections_dropping_before_one_chunk_still_make_progress(server: FileServer, tmp_path: Path):
@@ -369,3 +369,15 @@ def test_source_url_secrets_are_recorded_nowhere(server: FileServer, tmp_path: P
     with pytest.raises(ConfigError) as caught:  # a scheme we do not fetch: named, redacted
         sources.source_kind("ftp://alice:hunter2@host/ok.zip?sig=SECRETSIG")
     assert_no_secret(str(caught.value), "an unusable source")
+
+
+def test_a_re_signed_url_of_the_same_file_resumes_its_partial_download(server: FileServer, tmp_path: Path):
+    first = server.url + "?X-Amz-Signature=aaaa1111&X-Amz-Expires=60"
+    again = server.url + "?X-Amz-Signature=bbbb2222&X-Amz-Expires=60"  # the old one expired
+    partial = cache_path(first, tmp_path, sha(PAYLOAD)).with_name("img_align_celeba.zip.part")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(PAYLOAD[:1000])  # left by a run that hit its deadline
+    assert download(again, tmp_path, sha(PAYLOAD)).read_bytes() == PAYLOAD
+    assert [r["range"] for r in server.requests] == ["bytes=1000-"]
+    # without a sha256 the query may name another file: separate cache entries
+    assert cache_path(first, tmp_path) != cache_path(again, tmp_path)

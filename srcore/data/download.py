@@ -1,6 +1,7 @@
 """Resumable HTTP(S) download with a sha256 check and a local cache.
 
-`download(url, cache_dir, sha256)` fetches into `cache_dir/downloads/<url-hash>/<name>`
+`download(url, cache_dir, sha256)` fetches into `cache_dir/downloads/<key>/<name>` (key:
+a hash of the redacted URL and sha256 when given, else of the whole URL; cache_path)
 through `<name>.part`: an interrupted transfer (dropped connection, killed process)
 continues where it stopped with an HTTP `Range: bytes=N-` request. A server that
 ignores Range (200 instead of 206) is handled by starting over. The finished file
@@ -107,7 +108,7 @@ def download(
     """
     shown = redact_url(url)
     expected = _normalise_sha256(sha256)
-    target = cache_path(url, cache_dir)
+    target = cache_path(url, cache_dir, expected)
     if target.exists():
         problem = _problem(target, expected, validate)
         if problem is None:
@@ -134,12 +135,18 @@ def download(
     return target
 
 
-def cache_path(url: str, cache_dir: str | os.PathLike) -> Path:
-    """Where `url` is cached: one folder per URL, so equal file names never collide
-    (the folder is a hash of the whole URL: no secret of it appears in the path)."""
+def cache_path(url: str, cache_dir: str | os.PathLike, sha256: str | None = None) -> Path:
+    """Where `url` is cached: one folder per URL, so equal file names never collide (the
+    folder is a hash: no secret of the URL appears in the path). With the expected
+    `sha256` the key is the redacted URL plus that hash, so a re-signed URL of the same
+    file (a new `X-Amz-Signature`, e.g. after the old one expired) finds the cached file
+    or resumes its partial download; without it, the whole URL (`?id=1` and `?id=2` may
+    be different files)."""
     name = unquote(Path(urlparse(url).path).name) or "download"
     name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "download"
-    url_key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    expected = _normalise_sha256(sha256)
+    identity = f"{redact_url(url)}\0{expected}" if expected else url
+    url_key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return Path(cache_dir).expanduser() / "downloads" / url_key / name
 
 
