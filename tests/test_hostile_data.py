@@ -133,6 +133,34 @@ def test_a_cut_interlaced_png_is_refused():
         open_checked(cut, 10**6)
 
 
+def jpeg(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_cut_then_closed_with_eoi_is_refused(progressive: bool):
+    whole = jpeg(noise_image(5), progressive=progressive)
+    assert open_checked(whole, 10**7).size == (178, 218)
+    for fraction in (0.2, 0.6, 0.95):
+        cut = whole[: int(len(whole) * fraction)] + b"\xff\xd9"
+        with Image.open(io.BytesIO(cut)) as image:
+            image.load()  # what PIL alone makes of it: no error, grey (or blurred) blocks
+        with pytest.raises(BadImage, match="JPEG data end before the last rows"):
+            open_checked(cut, 10**7)
+
+
+def test_a_complete_jpeg_with_a_grey_bottom_is_kept():
+    pixels = noise_image(6)
+    pixels[-40:] = 128  # exactly the decoder's fill value: the probe decode must clear it
+    assert open_checked(jpeg(pixels), 10**7).size == (178, 218)
+    grey = np.asarray(Image.fromarray(noise_image(7)).convert("L"))
+    cut = jpeg(grey)
+    with pytest.raises(BadImage, match="JPEG data end"):
+        open_checked(cut[: len(cut) // 2] + b"\xff\xd9", 10**7)
+
+
 # ---- item 6: upscale's decoded size, bounded before decoding, output included -----------------
 
 

@@ -1,6 +1,7 @@
 """One image's decoding, shared by ingest (center crop -> 8-bit RGB PNG) and upscale:
 the decompression-bomb check on the header (for upscale on the x4 output too), the
-check that a file decodes completely (no black rows from a truncated PNG), EXIF
+check that a file decodes completely (no black rows from a cut PNG, no grey blocks
+from a cut JPEG), EXIF
 orientation, 16-bit scaling and the deterministic PNG encoding live here once.
 
 This module must stay free of TensorFlow: ingest's worker processes import it.
@@ -95,12 +96,20 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 def check_complete(image: Image.Image, raw: bytes | bytearray | None) -> None:
     """BadImage unless every row of the image was in the file.
 
-    load() raises for a file that simply ends early, but a PNG whose zlib stream ends
-    cleanly after 54 of 218 rows, followed by IEND, loads without complaint: PIL's
-    decoder stops at the end of the stream and leaves the other rows black. So for
-    PNG the IDAT data are inflated here (bounded by the size the header implies) and
-    must hold every row."""
-    if image.format != "PNG" or raw is None:
+    load() raises for a file that simply ends early, but a file cut and then closed
+    properly loads without complaint:
+    - PNG: a zlib stream that ends cleanly after 54 of 218 rows, then IEND: PIL's
+      decoder stops at the end of the stream and leaves the other rows black. The IDAT
+      data are inflated here (bounded by the size the header implies) and must hold
+      every row.
+    - JPEG: entropy data cut, then an EOI marker: libjpeg only warns (PIL drops the
+      warning) and fills the missing blocks with grey 128. See _check_jpeg_complete."""
+    if raw is None:
+        return
+    if image.format in ("JPEG", "MPO"):
+        _check_jpeg_complete(image, raw)
+        return
+    if image.format != "PNG":
         return
     header = _png_header(raw)
     if header is None:
@@ -128,6 +137,78 @@ def check_complete(image: Image.Image, raw: bytes | bytearray | None) -> None:
         rows = got // row_bytes(width) if not interlace else None
         held = f"{rows} of {height} rows" if rows is not None else f"{got} of {needed} bytes"
         raise BadImage(f"truncated image: its pixel data hold {held}")
+
+
+#: what libjpeg decodes a block with no data to (all coefficients 0), per mode
+_JPEG_FILL = {"L": 128, "RGB": (128, 128, 128)}
+#: bytes put before EOI by the probe; data that was complete never reads them
+_JPEG_PROBE = b"\x55" * 64
+
+
+def _check_jpeg_complete(image: Image.Image, raw: bytes | bytearray) -> None:
+    """A JPEG whose entropy data end before its last block decodes with grey-128 blocks
+    from the cut on. The test: decode again with junk bytes put before the EOI marker.
+    Complete data never reach them (libjpeg skips them as extraneous bytes before the
+    marker) and the pixels are identical; cut data read them as coefficients, and the
+    pixels change. The second decode (~0.7 ms) runs only when the last row has a pixel
+    of exactly the fill value (true of every cut before the last block row, rare in
+    photos: it must be exact) or the JPEG is progressive (a cut refinement scan is
+    blurred, not grey). A cut inside the very last block changes at most that block."""
+    fill = _JPEG_FILL.get(image.mode)
+    if fill is None:
+        return
+    pixels = np.asarray(image)
+    last_row = pixels[-1]
+    suspicious = bool(image.info.get("progressive") or image.info.get("progression")) or bool(
+        (last_row == fill).all(axis=-1).any() if last_row.ndim == 2 else (last_row == fill).any()
+    )
+    if not suspicious:
+        return
+    end = _jpeg_end(raw)
+    if end is None:
+        return
+    try:
+        with Image.open(io.BytesIO(bytes(raw[:end]) + _JPEG_PROBE + bytes(raw[end:]))) as probe:
+            probe.load()
+            same = probe.mode == image.mode and np.array_equal(np.asarray(probe), pixels)
+    except (OSError, SyntaxError, ValueError, EOFError):
+        same = False
+    if not same:
+        raise BadImage("truncated image: its JPEG data end before the last rows (the decoder filled them grey)")
+
+
+def _jpeg_end(raw: bytes | bytearray) -> int | None:
+    """Offset of the EOI marker that ends the (first) image's data, walking the
+    segments (EXIF thumbnails are inside APP1 and skipped whole), or None."""
+    size, at = len(raw), 2
+    while at + 2 <= size:
+        if raw[at] != 0xFF:
+            return None
+        marker = raw[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+        elif marker == 0xD9:
+            return at
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length field
+            at += 2
+        else:
+            if at + 4 > size:
+                return None
+            at += 2 + int.from_bytes(raw[at + 2: at + 4], "big")
+            if marker == 0xDA:  # entropy-coded data: up to a marker that is not FF00 / RSTn
+                while True:
+                    found = raw.find(b"\xff", at)
+                    if found < 0 or found + 1 >= size:
+                        return None
+                    following = raw[found + 1]
+                    if following == 0x00 or 0xD0 <= following <= 0xD7:
+                        at = found + 2
+                    elif following == 0xFF:
+                        at = found + 1
+                    else:
+                        at = found
+                        break
+    return None
 
 
 def _png_header(raw: bytes | bytearray) -> tuple[int, int, int, int, int, bytes] | None:
