@@ -250,9 +250,12 @@ def main_step(cfg: Config) -> dict[str, Any]:
 
     from srcore import tracking
 
+    from srcore.train import check_architecture
+
     require_source(cfg)
     # checked before the parent run opens: a bad manifest fails in one line, not as a failed run
     given_hash = ingest_output_hash(cfg.source) if is_ingest_output(cfg.source) else ""
+    check_architecture(cfg)  # a --model-dir of another architecture, likewise
     with tracking.main_run(cfg) as parent:
         if given_hash:
             log.info("source %s is already an ingest output; skipping ingest", cfg.source)

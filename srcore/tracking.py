@@ -173,6 +173,23 @@ def join_parent(parent_run_id: str) -> None:
     _state["parent"] = parent_run_id
 
 
+ERROR_TAG = "srgan.error"
+
+
+@contextlib.contextmanager
+def _failure_noted() -> Iterator[None]:
+    """A run that ends FAILED says why: the error's one line as a tag and as the run's note."""
+    try:
+        yield
+    except Exception as exc:
+        line = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:PARAM_LIMIT]
+        try:
+            mlflow.set_tags({ERROR_TAG: line, "mlflow.note.content": f"Failed: {line}"})
+        except Exception:  # noqa: BLE001 - never hide the original error behind a tracking one
+            log.debug("could not record the failure on the run", exc_info=True)
+        raise
+
+
 @contextlib.contextmanager
 def step_run(cfg: Config, step: str, resume_run_id: str | None = None, log_config: bool = True) -> Iterator[mlflow.ActiveRun]:
     """Context manager yielding the active MLflow run for `step` (see module doc)."""
@@ -195,7 +212,7 @@ def step_run(cfg: Config, step: str, resume_run_id: str | None = None, log_confi
         ctx = mlflow.start_run(experiment_id=parent.info.experiment_id, run_name=run_name(cfg, step), tags=tags)
     else:
         ctx = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(cfg, step), tags=run_tags(step))
-    with ctx as run:
+    with ctx as run, _failure_noted():
         if not resume_run_id:
             mlflow.set_tags(_link_launcher(run.info.run_id))
             if log_config:
@@ -211,7 +228,7 @@ def main_run(cfg: Config) -> Iterator[mlflow.ActiveRun]:
         ctx = mlflow.start_run(run_id=plugin_run_id())
     else:
         ctx = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(cfg), tags=run_tags("main"))
-    with ctx as run:
+    with ctx as run, _failure_noted():
         mlflow.set_tags(_link_launcher(run.info.run_id))
         log_params(config_params(cfg))
         yield run

@@ -26,7 +26,7 @@ from mlflow.types import Schema, TensorSpec
 
 from srcore import gpu, tracking
 from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
-from srcore.config import Config
+from srcore.config import Config, ConfigError
 from srcore.data.dataset import train_count, train_dataset, validation_images
 from srcore.data.manifest import read_manifest
 from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse, resolve_content_loss
@@ -45,6 +45,60 @@ SRRESNET_FILE = "srresnet.keras"
 # Tests only: fail once right after epoch N is checkpointed (pod-restart simulation).
 FAULT_ENV = "SRGAN_FAULT_AFTER_EPOCH"
 FAULT_MARKER = "fault_injected"
+
+
+ARCH_FILE = "architecture.json"  # the fields that shape the checkpointed variables, written at start
+ARCH_FIELDS = ("gen_filters", "gen_blocks", "gen_bicubic_skip", "scale", "disc_filters", "disc_flatten")
+
+
+class ArchitectureMismatchError(ConfigError):
+    """The model folder holds checkpoints of another architecture (one line, no TF restore error)."""
+
+
+def architecture(cfg: Config) -> dict:
+    """What the checkpointed variables' shapes depend on (the discriminator's input size only
+    with the paper's Flatten)."""
+    arch = {name: getattr(cfg, name) for name in ARCH_FIELDS}
+    if cfg.disc_flatten:
+        arch["disc_input_size"] = cfg.patch_size or cfg.hr_size
+    return arch
+
+
+def _recorded_architecture(model_dir: Path) -> dict | None:
+    """The architecture of the checkpoints in `model_dir`: its record, else (folders from
+    before the record) the params of the MLflow run stored beside them; None if unknown."""
+    record = model_dir / ARCH_FILE
+    try:
+        if record.is_file():
+            data = json.loads(record.read_text())
+            return data if isinstance(data, dict) else None
+        run_file = model_dir / RUN_ID_FILE
+        if not (model_dir / "checkpoints").is_dir() or not run_file.is_file():
+            return None
+        params = mlflow.tracking.MlflowClient().get_run(run_file.read_text().strip()).data.params
+    except (OSError, ValueError, mlflow.exceptions.MlflowException):
+        return None
+    from srcore.config import coerce
+
+    try:
+        return {k: coerce(k, params[k]) for k in ARCH_FIELDS if k in params}
+    except ConfigError:
+        return None
+
+
+def check_architecture(cfg: Config, model_dir: str | os.PathLike | None = None) -> None:
+    """Refuse, in one line naming the differing fields and --model-dir, a model folder whose
+    checkpoints have another architecture. Cheap: `srgan main` calls it before any run opens."""
+    folder = Path(model_dir or cfg.model_dir).expanduser()
+    stored = _recorded_architecture(folder) if folder.is_dir() else None
+    if not stored:
+        return
+    asked = architecture(cfg)
+    differ = [f"{k} {stored[k]} vs {v}" for k, v in asked.items() if k in stored and stored[k] != v]
+    if differ:
+        raise ArchitectureMismatchError(
+            f"--model-dir {folder} holds checkpoints of another architecture (there vs now: {', '.join(differ)}): "
+            "pass a new --model-dir, or the same settings to resume")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -203,7 +257,17 @@ class Trainer:
     def restore(self) -> int:
         latest = self.manager.latest_checkpoint
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            status = None
+            try:
+                status = self.checkpoint.restore(latest)
+                status.assert_existing_objects_matched()
+            except (ValueError, AssertionError, tf.errors.OpError):  # shapes or objects differ
+                if status is not None:
+                    status.expect_partial()  # no "unrestored values" warnings after our one line
+                arch = ", ".join(f"{k}={v}" for k, v in architecture(self.cfg).items())
+                raise ArchitectureMismatchError(
+                    f"--model-dir {self.model_dir} holds checkpoints that do not fit this architecture ({arch}): "
+                    "pass a new --model-dir, or the settings they were trained with to resume") from None
             log.info(
                 "resuming from %s: %d of %d epochs done (phase %s, step %d)",
                 latest, int(self.epoch), self.total_epochs, PHASES[int(self.phase)], int(self.step),
@@ -301,7 +365,7 @@ def _epoch_eval(trainer: Trainer, epoch_done: int, val_images: list | None) -> N
 def _is_training_output(relative_path: str) -> bool:
     """A file of a training folder written before ownership markers existed."""
     return relative_path.startswith("checkpoints/") or relative_path in (
-        RUN_ID_FILE, MODEL_URI_FILE, GENERATOR_FILE, SRRESNET_FILE, FAULT_MARKER, "train_summary.json")
+        RUN_ID_FILE, MODEL_URI_FILE, GENERATOR_FILE, SRRESNET_FILE, FAULT_MARKER, "train_summary.json", ARCH_FILE)
 
 
 def _last_logged(run_id: str, key: str) -> int:
@@ -342,6 +406,7 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
 
 def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train (or resume training) and return where the generator ended up."""
+    check_architecture(cfg, model_dir)  # first: one line, never a TF restore error later
     gpu_tags = gpu.preflight(cfg.require_gpu)  # seconds, before anything is built or logged
     cfg, reasons = resolve(cfg)
     data_dir = Path(data_dir or cfg.data_dir)
@@ -350,6 +415,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
     manifest = read_manifest(data_dir)
     trainer = Trainer(cfg, data_dir, model_dir, steps_per_epoch(cfg, data_dir))
     start_epoch = trainer.restore()
+    write_text_atomic(model_dir / ARCH_FILE, json.dumps(architecture(cfg), indent=2))  # restored fine: this is it
     val_images = validation_images(cfg, data_dir) if cfg.val_count else None
 
     run_id_file = model_dir / RUN_ID_FILE

@@ -223,3 +223,42 @@ def test_train_refuses_a_model_dir_it_did_not_write(tmp_path, smoke_data, tracki
     with pytest.raises(OutputDirError, match=str(model_dir)):
         train(_cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=0, eval_every=0))
     assert (model_dir / "notes.txt").read_text() == "mine" and sorted(p.name for p in model_dir.iterdir()) == ["notes.txt"]
+
+
+def test_model_dir_of_another_architecture_is_refused_in_one_line(tmp_path, smoke_data, tracking, caplog):
+    """Issue 17: after the quick start, `srgan train` into the smoke model's folder with other
+    widths must name the differing fields and --model-dir, never show TF's restore error; a
+    parent run that fails that way says why."""
+    from srcore.atomic import claim_output_dir
+    from srcore.cli import main
+    from srcore.steps import main_step
+
+    old = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=0, eval_every=0)
+    folder = claim_output_dir(Path(old.model_dir), "train")
+    # checkpoints as a run before the architecture record existed left them (no training needed)
+    train_mod.Trainer(old, smoke_data, folder, steps_per_epoch=1).save_checkpoint(1)
+    new = old.replace(gen_filters=16, gen_blocks=2)
+
+    with pytest.raises(train_mod.ArchitectureMismatchError) as legacy:  # no record: the restore is translated
+        train(new)
+    assert str(folder) in str(legacy.value) and "gen_filters=16" in str(legacy.value)
+    assert "incompatible tensor" not in str(legacy.value) and "\n" not in str(legacy.value)
+
+    # `srgan main` on that folder: the parent run fails with the reason on it, not a bare FAILED
+    with pytest.raises(train_mod.ArchitectureMismatchError):
+        main_step(new.replace(source=str(smoke_data)))
+    client = mlflow.MlflowClient()
+    (parent,) = client.search_runs([client.get_experiment_by_name(new.experiment_name).experiment_id],
+                                   filter_string="attributes.status = 'FAILED' and tags.`srgan.step` = 'main'")
+    assert "another architecture" in parent.data.tags["srgan.error"] or "do not fit" in parent.data.tags["srgan.error"]
+    assert parent.data.tags["mlflow.note.content"].startswith("Failed: ")
+
+    # with the record (written by every train start): refused before anything is built, fields named
+    (folder / train_mod.ARCH_FILE).write_text('{"gen_filters": 8, "gen_blocks": 1, "gen_bicubic_skip": true, '
+                                              '"scale": 4, "disc_filters": 8, "disc_flatten": false}')
+    start = time.monotonic()
+    code = main(["train", "--preset", "smoke", "--data-dir", str(smoke_data), "--model-dir", str(folder),
+                 "--gen-filters", "16", "--gen-blocks", "2", "--disc-filters", "8"])
+    assert code == 2 and time.monotonic() - start < 10
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1:]
+    assert f"--model-dir {folder}" in line and "gen_filters 8 vs 16" in line and "gen_blocks 1 vs 2" in line, line
