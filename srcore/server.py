@@ -1,7 +1,7 @@
 """The project's bounded HTTP server for the upscaler: what KServe runs (a custom
 predictor in the project's own image) and the recommended way to serve on one machine.
 
-    python -m srcore.server --model serving/srgan-celeba/3 --name srgan-celeba --port 8080
+    srgan serve --model serving/srgan-celeba/3 --port 8080          # or: python -m srcore.server ...
 
 `--model` is the serving SavedModel (srcore/export.py: a version folder holding
 saved_model.pb, or the base folder holding numeric versions, as KServe's storage
@@ -458,6 +458,27 @@ def make_server(model: str | Any, name: str, host: str = "127.0.0.1", port: int 
     """Load the model (path/URI, or an already loaded generator) and bind; serve_forever() serves."""
     generator = load_model(model) if isinstance(model, (str, Path)) else model
     return UpscaleServer((host, port), generator, name, limits or ServerLimits())
+
+
+def serve_step(cfg: Any, model: str, name: str = "", host: str = "", port: str = "") -> dict[str, Any]:
+    """The `serve` step (`srgan serve --model M`): the bounded server with the Config's
+    serve_* limits, until interrupted (Ctrl-C / SIGTERM's KeyboardInterrupt)."""
+    try:
+        port_number = int(port or 8080)
+    except ValueError:
+        raise ValueError(f"invalid input port={port!r}: expected a TCP port number") from None
+    limits = ServerLimits.from_config(cfg)
+    server = make_server(model, name or cfg.registered_model_name, host or "127.0.0.1", port_number, limits)
+    url = f"http://{server.server_address[0]}:{server.server_address[1]}"
+    log.info("serving %s as %r on %s (POST %s/v1/models/%s:predict; limits: %s)", model, server.model_name, url,
+             url, server.model_name, limits)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return {"url": url}
 
 
 SERVE_FLAGS = (("serve_max_pixels", int), ("serve_max_batch", int), ("serve_min_tile", int), ("serve_max_tile", int),

@@ -113,6 +113,15 @@ STEPS: dict[str, Step] = {
          "max_batch"),
         "write a TensorFlow SavedModel (uint8 in, uint8 x4 out) in the TF Serving / KServe layout",
     ),
+    "serve": Step(
+        "srcore.server:serve_step", _fields("serve", extra=("registered_model_name",)),
+        (Input("model", "serving SavedModel folder (version or base), .keras file or MLflow model URI", required=True),
+         Input("name", "model name in /v1/models/<name> (default: registered_model_name)"),
+         Input("host", "address to bind (default 127.0.0.1; 0.0.0.0 to be reached from other hosts)"),
+         Input("port", "TCP port (default 8080)")),
+        ("url",),
+        "serve the upscaler over HTTP, bounded (KServe v1 :predict and MLflow /invocations) until Ctrl-C",
+    ),
     "deploy": Step(
         "srcore.deploy:deploy_step", _fields("deploy", "serve", "tracking", extra=("registered_model_name",)),
         (Input("model_version", "registered version to serve (default: the champion)"),
