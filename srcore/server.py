@@ -79,7 +79,7 @@ class ServerLimits:
     max_body_bytes: int = 8 * 1024 * 1024
     max_concurrent: int = 2
     max_response_bytes: int = 16 * 1024 * 1024
-    header_timeout: float = 10.0  # seconds a client may take to send its request line and headers
+    header_timeout: float = 10.0  # seconds a client may take to send its request line and headers, in all
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ServerLimits":
@@ -260,6 +260,22 @@ class Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.limits.header_timeout
         self._body_read = False  # set once the whole body was read
         super().setup()
+        # the socket timeout bounds each read; this bounds the request line and headers in all,
+        # so a client dribbling a byte at a time cannot keep one of the few connections
+        self._header_timer = threading.Timer(self.server.limits.header_timeout, self._headers_too_slow)
+        self._header_timer.daemon = True
+        self._header_timer.start()
+
+    def _headers_too_slow(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers
+        self._header_timer.cancel()
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         log.debug("%s %s", self.address_string(), format % args)
@@ -407,6 +423,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(408, "the body did not arrive within the limit max_seconds") from None
 
     def finish(self) -> None:
+        self._header_timer.cancel()
         try:
             super().finish()
             if not self._body_read:

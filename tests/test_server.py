@@ -262,3 +262,22 @@ def test_loads_a_version_folder_or_its_base(exported):
         assert model.scale_factor == 4
         out = upscale_array(model, image(6, 5), tile=0)
         assert out.shape == (24, 20, 3)
+
+
+def test_headers_dribbled_a_byte_at_a_time_lose_the_connection(in_process, keras_model):
+    _, srv = in_process(load_generator(str(keras_model)), header_timeout=0.5)
+    sock = socket.create_connection(srv.server_address, timeout=10)
+    start = time.monotonic()
+    sock.sendall(b"POST /v1/models/x:predict HTTP/1.1\r\n")
+    closed = False
+    for _ in range(40):  # a header byte every 0.1 s: each read is quick, the whole never ends
+        try:
+            sock.sendall(b"X")
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.1)
+    if not closed:
+        sock.settimeout(2)
+        closed = sock.recv(1024) == b""
+    assert closed and time.monotonic() - start < 3.0
