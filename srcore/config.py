@@ -86,7 +86,7 @@ class Config:
     # ---- training -----------------------------------------------------------------
     batch_size: int = _f(30, "global batch size (split across GPUs)", ge=1)
     patch_size: int = _f(0, "train on random HR patches of this size (SRGAN paper: 96); 0 = whole hr_size faces", ge=0)
-    val_count: int = _f(0, "hold the last N training faces out of training for per-epoch val_* metrics (0 = use the first eval_images test faces)", ge=0)
+    val_count: int = _f(100, "hold the last N training faces out of training for the per-epoch val/* metrics that choose hyper-parameters; at most a quarter of the training split, none below 4 training images (0 = none)", ge=0)
     epochs: int = _f(60, "adversarial (SRGAN) epochs", ge=0)
     pretrain_epochs: int = _f(0, "generator pre-training epochs with pixel MSE (SRResNet)", ge=0)
     steps_per_epoch: int = _f(0, "cap steps per epoch (0 = one pass over the train split)", ge=0)
@@ -102,17 +102,17 @@ class Config:
     checkpoint_every: int = _f(20, "save a checkpoint every N epochs (and always at the end)", ge=1)
     keep_checkpoints: int = _f(3, "checkpoints to keep", ge=1)
     log_every_steps: int = _f(50, "log step metrics to MLflow every N steps", ge=1)
-    eval_every: int = _f(1, "compute test metrics and sample grid every N epochs (0 = never)", ge=0)
-    eval_images: int = _f(100, "test images used for per-epoch metrics (0 = all)", ge=0)
+    eval_every: int = _f(1, "validation metrics (val/*) and showcase grid every N epochs (0 = only the final validation)", ge=0)
+    eval_images: int = _f(100, "unused since validation faces come from the training split (kept so old configs load)", ge=0)
     model_dir: str = _f("runs/srgan", "training output: checkpoints, generator.keras, run id")
 
     # ---- evaluation and registry ----------------------------------------------------
     crop_border: int = _f(4, "pixels removed at each border before PSNR/SSIM", ge=0)
     eval_dir: str = _f("runs/eval", "evaluation output: metrics.json, per_image.csv, grids")
     registered_model_name: str = _f("srgan-celeba", "MLflow registered model name")
-    gate_metric: str = _f("test_psnr_y", "metric that decides the champion alias")
+    gate_metric: str = _f("test/psnr_y", "test-split metric that decides the champion alias (the final held-out check)")
     gate_mode: str = _f("max", "whether higher ('max') or lower ('min') gate_metric is better", choices=("max", "min"))
-    gate_min_gain: float = _f(0.0, "champion only if gate_metric beats bicubic_<metric> on the same test split by strictly more than this")
+    gate_min_gain: float = _f(0.0, "champion only if gate_metric beats test/bicubic_<metric> on the same test split by strictly more than this")
 
     # ---- serving (limits of the logged pyfunc model, stated in its metadata) ----------
     serve_max_pixels: int = _f(262_144, "served model: refuse requests with more LR pixels (sum over the batch; HTTP 400)", ge=1)
@@ -136,7 +136,7 @@ class Config:
     deploy_concurrency: int = _f(2, "requests one predictor replica works on at once (Knative containerConcurrency)", ge=0)
     deploy_image: str = _f("", "image of the predictor (the project's own: it runs srcore.server); empty = the image the pipeline was compiled for")
     deploy_wait_seconds: int = _f(600, "how long deploy waits for the InferenceService to become Ready", ge=1)
-    sweep_metric: str = _f("test_psnr_y", "metric that picks the best trial of a sweep (better = gate_mode)")
+    sweep_metric: str = _f("val/psnr_y", "metric that picks the best trial of a sweep (better = gate_mode); a val/* metric, so the test split never chooses")
 
     # ---- tracking -----------------------------------------------------------------
     experiment_name: str = _f("srgan-celeba", "MLflow experiment")
@@ -144,6 +144,10 @@ class Config:
 
     # ------------------------------------------------------------------------------
     def __post_init__(self) -> None:
+        from srcore.metric_names import canonical
+
+        # configs written before metric names were grouped say test_psnr_y
+        self.gate_metric, self.sweep_metric = canonical(self.gate_metric), canonical(self.sweep_metric)
         self.validate()
 
     def validate(self) -> None:

@@ -9,14 +9,15 @@ shares its backbone with that loss); each is skipped when its weights are unavai
 
 Outputs in `out_dir` (each written under a temporary name, then renamed):
 - `metrics.json`: the mean of every per-image score, keyed as logged to MLflow
-  (test_psnr, test_ssim, test_psnr_y, test_ssim_y, test_lpips, test_lpips_alex, bicubic_*, gain_*),
-  plus "how" (every convention behind the numbers), "counts", "model" and the data
-  manifest hash. Top-level numbers are metrics and nothing else.
+  (test/psnr, test/ssim, test/psnr_y, test/ssim_y, test/lpips, test/lpips_alex,
+  test/bicubic_*, test/gain_*; srcore.metric_names), plus "how" (every convention behind
+  the numbers), "counts", "model", the data manifest and test split hashes and the MLflow
+  run id. Top-level numbers are metrics and nothing else.
 - `per_image.csv`: one row per test image with the same keys;
 - `grid.png`: LR | bicubic | SR | HR for every showcase face; `grid_<name>.png` per face.
 
-`compute_metrics` is the same computation without files or MLflow; `quick_eval` is
-the trainer's per-epoch subset of it.
+`compute_metrics` is the same computation without files or MLflow; `validation_eval` is
+the trainer's per-epoch subset of it, on validation faces from the training split.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from srcore.progress import progress
 log = logging.getLogger(__name__)
 
 BICUBIC = "bicubic"
+SHOWCASE_ARTIFACT = "showcase/latest.png"  # the newest sample grid of a run, at a fixed path
 BATCH_SIZE = 32
 # batch_metrics key -> the metric name used in metrics.json, per_image.csv and MLflow
 SCORES = {"psnr_rgb": "psnr", "ssim_rgb": "ssim", "psnr_y": "psnr_y", "ssim_y": "ssim_y"}
@@ -112,7 +114,7 @@ def _lpips_models(lpips: LPIPS | Mapping[str, LPIPS] | None) -> dict[str, LPIPS]
 
 def _score(batch: _Batch, cfg: Config, lpips: LPIPS | Mapping[str, LPIPS] | None,
            is_bicubic: bool) -> list[dict[str, Any]]:
-    """Per-image rows: test_*, bicubic_* and gain_* scores of one batch."""
+    """Per-image rows: test/*, test/bicubic_* and test/gain_* scores of one batch."""
     sr_scores = M.batch_metrics(batch.sr, batch.hr, cfg.crop_border)
     bicubic_scores = sr_scores if is_bicubic else M.batch_metrics(batch.bicubic, batch.hr, cfg.crop_border)
     distances = []
@@ -130,10 +132,10 @@ def _score(batch: _Batch, cfg: Config, lpips: LPIPS | Mapping[str, LPIPS] | None
             if key not in sr_scores:
                 continue
             test, base = float(sr_scores[key][i]), float(bicubic_scores[key][i])
-            row[f"test_{metric}"] = test
-            row[f"bicubic_{metric}"] = base
+            row[f"test/{metric}"] = test
+            row[f"test/bicubic_{metric}"] = base
             # gain > 0 means better than bicubic; LPIPS is a distance (lower is better)
-            row[f"gain_{metric}"] = base - test if metric in LPIPS_METRICS else test - base
+            row[f"test/gain_{metric}"] = base - test if metric in LPIPS_METRICS else test - base
         rows.append(row)
     return rows
 
@@ -190,22 +192,25 @@ def _collect_grid_rows(batch: _Batch, showcase: Sequence[str], grid: dict[str, G
             grid[name] = (name, *(a[i].copy() for a in (batch.lr, batch.bicubic, batch.sr, batch.hr)))
 
 
-def quick_eval(generator: Any, cfg: Config, data_dir: str | os.PathLike,
-               limit: int, images: Sequence[tuple[str, np.ndarray]] | None = None) -> tuple[dict[str, float], Image.Image]:
+def validation_eval(generator: Any, cfg: Config, images: Sequence[tuple[str, np.ndarray]]) -> dict[str, float]:
     """Per-epoch check for the trainer: SR psnr, ssim, psnr_y, ssim_y (means over
-    `images`, e.g. held-out training faces, else over the first `limit` test images,
-    0 = all; no LPIPS) and the grid of the test split's showcase faces (a picture only)."""
+    `images`, the validation faces held out of the training split; no LPIPS), keyed
+    without a group (the trainer logs them as val/*). {} without images."""
+    if not images:
+        return {}
+    rows = [row for batch in _batches(list(images), _upscaler(generator, cfg), cfg)
+            for row in _score(batch, cfg, None, generator is None)]
+    summary = _summarise(rows)
+    return {k: summary[f"test/{k}"] for k in QUICK_KEYS}
+
+
+def showcase_grid(generator: Any, cfg: Config, data_dir: str | os.PathLike) -> Image.Image:
+    """The grid of the test split's showcase faces: a picture to look at, never a score
+    that chooses anything."""
     manifest = read_manifest(data_dir)
     showcase = manifest.get("showcase") or manifest["test_files"][:5]
-    if images:
-        rows = [row for batch in _batches(list(images), _upscaler(generator, cfg), cfg)
-                for row in _score(batch, cfg, None, generator is None)]
-        summary = _summarise(rows)
-        _, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=showcase, showcase=showcase)
-    else:
-        names = manifest["test_files"][:limit] if limit else manifest["test_files"]
-        summary, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=names, showcase=showcase)
-    return {k: summary[f"test_{k}"] for k in QUICK_KEYS}, sample_grid(grid_rows)
+    _, _, grid_rows = compute_metrics(generator, data_dir, cfg, names=showcase, showcase=showcase)
+    return sample_grid(grid_rows)
 
 
 def test_split_hash(data_dir: str | os.PathLike, manifest: dict) -> str:
@@ -240,7 +245,8 @@ def _load_model(model: Any) -> tuple[Any | None, str]:
 def describe(cfg: Config, lpips_note: str) -> dict[str, Any]:
     """The "how" block: every convention behind the numbers."""
     b = cfg.crop_border
-    names = {f"{who}_{metric}": M.metric_label(metric.split("_")[0], "y" if metric.endswith("_y") else "rgb", b)
+    who_prefix = {"test": "test/", "bicubic": "test/bicubic_", "gain": "test/gain_"}
+    names = {f"{who_prefix[who]}{metric}": M.metric_label(metric.split("_")[0], "y" if metric.endswith("_y") else "rgb", b)
              for who in ("test", "bicubic", "gain") for metric in SCORES.values()}
     return {
         **M.how(b),
@@ -248,10 +254,10 @@ def describe(cfg: Config, lpips_note: str) -> dict[str, Any]:
         "baseline": f"bicubic x{cfg.scale} upscaling of the same uint8 LR (tf.image.resize, Keys a=-0.5)",
         "sr": "from_unit(G(to_unit(LR))): [-1, 1] output clipped and rounded to uint8",
         "lpips": lpips_note,
-        "headline_perceptual": "test_lpips_alex (LPIPS-VGG shares its backbone with the vgg16_53 training loss)",
+        "headline_perceptual": "test/lpips_alex (LPIPS-VGG shares its backbone with the vgg16_53 training loss)",
         "gain": "test minus bicubic for PSNR/SSIM, bicubic minus test for LPIPS (positive = better than bicubic)",
         "split": "test",
-        "metric_names": {**names, **{f"{who}_{metric}": f"lpips_{net}" for who in ("test", "bicubic", "gain")
+        "metric_names": {**names, **{f"{who_prefix[who]}{metric}": f"lpips_{net}" for who in ("test", "bicubic", "gain")
                                      for metric, net in LPIPS_METRICS.items()}},
     }
 
@@ -271,7 +277,7 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
         "metrics.json", "per_image.csv") or (f.startswith("grid") and f.endswith(".png")))
     manifest = read_manifest(data_dir)
     started = time.time()
-    with step_run(cfg, "evaluate"):
+    with step_run(cfg, "evaluate") as run:
         generator, label = _load_model(model)
         loaded = {metric: load_lpips(cache_dir=cfg.cache_dir, net=net) for metric, net in LPIPS_METRICS.items()}
         lpips = {metric: model for metric, (model, _) in loaded.items() if model is not None}
@@ -284,6 +290,7 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
             "data_manifest_hash": manifest.get("content_hash"),
             # the test images alone: the registry compares models only on the same test split
             "test_split_hash": test_split_hash(data_dir, manifest),
+            "mlflow_run_id": run.info.run_id,  # the model card links to it
             "counts": {"images": len(rows), "showcase": len(grid_rows), "lpips": len(rows) if lpips else 0,
                        "lpips_alex": len(rows) if "lpips_alex" in lpips else 0},
             "how": describe(cfg, lpips_note),
@@ -293,7 +300,7 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
         files = _write_outputs(out_dir, result, rows, grid, grid_rows)
         _log_to_mlflow(result, summary, files, grid, logged_model or (model if isinstance(model, str) else ""))
     log.info("evaluated %s on %d test images: %s", label, len(rows),
-             ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if not k.startswith("gain")))
+             ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if "/gain_" not in k))
     return result
 
 
@@ -352,4 +359,6 @@ def _log_to_mlflow(result: dict[str, Any], summary: dict[str, float], files: Seq
     for path in files:
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     if grid is not None:
-        mlflow.log_image(grid, key="eval_grid")
+        # one image at step 0, where MLflow's image card opens; and a plain file at a fixed path
+        mlflow.log_image(grid, key="showcase", step=0)
+        mlflow.log_image(grid, artifact_file=SHOWCASE_ARTIFACT)

@@ -9,10 +9,10 @@ the data manifest hash, which covers the test split), the data manifest hash
 how the metrics were computed, and the gate's decision (`gate.decision`, `gate.reason`).
 
 The gate: alias `champion` moves to the new version only if all of these hold:
-1. Its `cfg.gate_metric` (a `test_<x>` metric) is a number: a missing or NaN value
+1. Its `cfg.gate_metric` (a `test/<x>` metric) is a number: a missing or NaN value
    fails before anything is registered, so it can never become champion, not even
    the first version.
-2. It beats bicubic on the same test split: `test_<x>` is better than `bicubic_<x>`
+2. It beats bicubic on the same test split: `test/<x>` is better than `test/bicubic_<x>`
    from the same evaluation by strictly more than `cfg.gate_min_gain` (higher for
    gate_mode 'max', lower for 'min'). A missing bicubic value fails the floor.
 3. If there is a champion: it was scored on the same test split (equal
@@ -22,6 +22,10 @@ The gate: alias `champion` moves to the new version only if all of these hold:
    split, promote by hand after checking (`MlflowClient().set_registered_model_alias(
    name, "champion", version)`) or register under a new model name.
 Otherwise the version stays `candidate` with the reason in `gate.reason`.
+
+Metric names are read through srcore.metric_names: metrics.json files and champion tags
+written with the old underscore names (`test_psnr_y`, `metric.test_psnr_y`) still count.
+The version's description is its model card (srcore.model_card), written after the gate.
 
 Idempotent: registering a model URI that already has a version of this model (tag
 `srgan.model_uri` or the version's source) reuses that version instead of creating a
@@ -50,6 +54,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from srcore import metric_names
 from srcore.config import Config
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,8 @@ class Evaluation:
     how: Mapping[str, Any] | None
     manifest_hash: str | None  # evaluate records the hash of the data it scored
     test_split_hash: str | None = None  # hash of the test split alone, when evaluate writes one
+    eval_run_id: str | None = None  # the evaluate run (the model card links to it)
+    counts: Mapping[str, Any] | None = None
 
 
 def register(
@@ -107,8 +114,6 @@ def register(
             model_uri, name, await_registration_for=REGISTRATION_TIMEOUT_S,
             tags=_version_tags(evaluation, manifest_hash, split_hash, model_uri),
         ).version
-    if existing is None or not existing.description:
-        client.update_model_version(name, version, description=_description(model_uri, evaluation, manifest_hash))
     client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
 
     promote, reason = _gate(cfg, evaluation, new_value, split_hash, str(version), _current_champion(client, name))
@@ -121,6 +126,7 @@ def register(
                        f"{holder.version if holder else 'none'} (a concurrent registration): left as is")
     client.set_model_version_tag(name, version, GATE_DECISION_TAG, CHAMPION_ALIAS if promote else CANDIDATE_ALIAS)
     client.set_model_version_tag(name, version, GATE_REASON_TAG, reason[:5000])
+    _write_model_card(client, name, str(version), model_uri, evaluation, manifest_hash, split_hash, promote, reason)
     result = RegisterResult(name=name, version=str(version), champion=promote, reason=reason)
     log.info("registered %s version %s (%s): %s", name, version, "champion" if promote else "candidate", reason)
     _log_to_active_run(result)
@@ -162,12 +168,15 @@ def read_evaluation(metrics: Mapping[str, Any] | str | os.PathLike) -> Evaluatio
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping or a path to metrics.json, got {type(metrics).__name__}")
     values = metrics["metrics"] if isinstance(metrics.get("metrics"), Mapping) else metrics
-    numeric = {name: v for name, raw in values.items() if (v := _as_number(raw)) is not None}
+    numeric = metric_names.migrate({name: v for name, raw in values.items() if (v := _as_number(raw)) is not None})
     how = metrics.get("how") if isinstance(metrics.get("how"), Mapping) else None
     manifest_hash = metrics.get("data_manifest_hash")
     split_hash = metrics.get("test_split_hash")
+    eval_run_id = metrics.get("mlflow_run_id")
+    counts = metrics.get("counts") if isinstance(metrics.get("counts"), Mapping) else None
     return Evaluation(metrics=numeric, how=how, manifest_hash=manifest_hash if isinstance(manifest_hash, str) else None,
-                      test_split_hash=split_hash if isinstance(split_hash, str) and split_hash else None)
+                      test_split_hash=split_hash if isinstance(split_hash, str) and split_hash else None,
+                      eval_run_id=eval_run_id if isinstance(eval_run_id, str) else None, counts=counts)
 
 
 def _load_json(path: Path) -> Any:
@@ -213,16 +222,22 @@ def _version_tags(evaluation: Evaluation, manifest_hash: str | None, split_hash:
     return tags
 
 
-def _description(model_uri: str, evaluation: Evaluation, manifest_hash: str | None) -> str:
-    lines = [f"Source: {model_uri}"]
-    if manifest_hash:
-        lines.append(f"Data manifest hash: {manifest_hash}")
-    lines.append("Evaluation metrics:")
-    lines += [f"- {name}: {value:.6g}" for name, value in sorted(evaluation.metrics.items())]
+def _write_model_card(client: MlflowClient, name: str, version: str, model_uri: str, evaluation: Evaluation,
+                      manifest_hash: str | None, split_hash: str | None, champion: bool, reason: str) -> None:
+    """The version's description: its model card (srcore.model_card), with the gate's decision."""
+    from srcore import model_card
+
+    try:
+        train_run_id = client.get_model_version(name, version).run_id
+    except MlflowException:
+        train_run_id = None
+    card = model_card.render(name, version, model_uri, evaluation.metrics,
+                             CHAMPION_ALIAS if champion else CANDIDATE_ALIAS, reason, train_run_id,
+                             evaluation.eval_run_id, split_hash, manifest_hash, evaluation.counts)
     if evaluation.how:
-        lines.append("How the metrics were computed:")
-        lines += [f"- {key}: {value}" for key, value in evaluation.how.items()]
-    return "\n".join(lines)
+        card += "\n<details><summary>How the metrics were computed</summary>\n\n" + "\n".join(
+            f"- {key}: {value}" for key, value in evaluation.how.items() if key != "metric_names") + "\n</details>\n"
+    client.update_model_version(name, version, description=card)
 
 
 # ---- the gate ------------------------------------------------------------------------
@@ -255,7 +270,8 @@ def _gate(cfg: Config, evaluation: Evaluation, new_value: float, split_hash: str
             f"({_short(champion_split)} vs {_short(split_hash)}): not compared, stays candidate "
             "(promote by hand after checking both on one split)"
         )
-    old_value = _tag_number(champion.tags.get(f"{METRIC_TAG_PREFIX}{metric}"))
+    old_value = _tag_number(champion.tags.get(f"{METRIC_TAG_PREFIX}{metric}")
+                            or champion.tags.get(f"{METRIC_TAG_PREFIX}{metric_names.legacy(metric)}"))
     if old_value is None:
         return False, (f"{reason}; but champion version {champion.version} has no usable {metric} tag: "
                        "not compared, stays candidate")
@@ -272,7 +288,7 @@ def _beats_bicubic(cfg: Config, evaluation: Evaluation, new_value: float) -> tup
     """The floor: the gate metric beats bicubic upscaling of the same evaluation by more
     than cfg.gate_min_gain (strictly)."""
     metric, mode, margin = cfg.gate_metric, cfg.gate_mode, cfg.gate_min_gain
-    baseline_name = "bicubic_" + metric.removeprefix("test_")
+    baseline_name = metric_names.baseline(metric)
     baseline = evaluation.metrics.get(baseline_name)
     if baseline is None or math.isnan(baseline):
         return False, (f"{metric}={new_value:.6g} but the evaluation has no {baseline_name} to check the "

@@ -202,7 +202,7 @@ def ingest_step(cfg: Config) -> dict[str, Any]:
     require_source(cfg)
     with tracking.step_run(cfg, "ingest"):
         manifest = ingest(cfg, out_dir=cfg.data_dir)
-        mlflow.log_metrics({f"{k}_images": float(v) for k, v in manifest["counts"].items()})
+        mlflow.log_metrics({f"data/{k}_images": float(v) for k, v in manifest["counts"].items()})
         mlflow.set_tag("data_manifest_hash", manifest["content_hash"])
         mlflow.log_artifact(str(Path(cfg.data_dir).expanduser() / "manifest.json"), artifact_path="data")
     return {"data_dir": str(Path(cfg.data_dir).expanduser()), "content_hash": manifest["content_hash"],
@@ -235,6 +235,10 @@ def register_step(cfg: Config, model_uri: str, metrics: Any = "", manifest_hash:
     metrics = metrics or str(Path(cfg.eval_dir).expanduser() / "metrics.json")
     with tracking.step_run(cfg, "register"):
         result = register(cfg, model_uri, metrics, manifest_hash or None)
+        if isinstance(metrics, dict):
+            tracking.report_to_parent(metrics, result)
+        else:
+            tracking.report_to_parent(json.loads(Path(metrics).read_text()), result)
     return {"version": str(result.version), "champion": bool(result.champion), "reason": str(result.reason),
             "name": result.name}
 
@@ -283,8 +287,19 @@ def main_step(cfg: Config) -> dict[str, Any]:
             **{k: v for k, v in evaluated["metrics"].items() if isinstance(v, (int, float))},
         }
         mlflow.log_dict(summary, "summary.json")
-        log.info("main finished: %s", json.dumps(summary))
-    return summary
+    _closing_lines(cfg, parent.info.experiment_id, registered, tracking.headline_metrics(evaluated["metrics"]))
+    return summary  # the CLI prints it once, as JSON
+
+
+def _closing_lines(cfg: Config, experiment_id: str, registered: dict[str, Any], headline: dict[str, float]) -> None:
+    """Where to look, in a few lines at the end of the job."""
+    from srcore import tracking
+
+    alias = "champion" if registered["champion"] else "candidate"
+    log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in headline.items()))
+    log.info("runs: %s (experiment %s)", tracking.where_to_look(experiment_id), cfg.experiment_name)
+    log.info("model: %s version %s, alias %s -> models:/%s@%s (%s)", registered["name"], registered["version"],
+             alias, registered["name"], alias, registered["reason"])
 
 
 # ---- files generated from the table ------------------------------------------------------

@@ -8,15 +8,19 @@ A trial is a JSON object of Config fields applied on top of the sweep's Config, 
 MLflow structure, the same locally and on Kubeflow:
   sweep parent run (srgan.step=sweep locally, the pipeline's parent run on KFP)
     trial run per trial: named after its parameters (`lr=2e-4,loss=vgg19_54`), tagged
-    `trial.<field>` with each override, params = the trial's resolved Config, metrics =
-    its evaluation (so the runs table and parallel-coordinates view compare trials)
-      train and evaluate child runs of the trial
+    `trial.<field>` with each override, params = the trial's hyper-parameters, metrics =
+    its final validation (val/*) and evaluation (test/*) numbers (so the runs table and
+    parallel-coordinates view compare trials)
+      train and evaluate child runs of the trial, named with the trial's label
+      (`train lr=2e-4,loss=vgg19_54`)
     register child run: only the best trial
 The parent gets the comparison table (`sweep/comparison.csv` and `.json`: trial
-parameters -> metrics) and tags naming the best trial.
+parameters -> metrics), tags naming the best trial and, like every parent, the best
+trial's headline test metrics, its sweep metric and the registered version.
 
-Best = the trial with the best `cfg.sweep_metric` (higher when gate_mode is 'max',
-lower when 'min'); trials without a finite value never win. Only that trial is
+Best = the trial with the best `cfg.sweep_metric` (default `val/psnr_y`, on validation
+faces carved from the training split: the test split never picks; higher when
+gate_mode is 'max', lower when 'min'); trials without a finite value never win. Only that trial is
 registered, through `srcore.registry.register` (the same gate as a single run).
 Locally the trials run one after another (`sweep`); on Kubeflow each runs in its own
 pods under `dsl.ParallelFor` (pipeline/sweep.py): `start_trial` opens its run,
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from srcore.config import Config, ConfigError, apply_overrides, coerce
+from srcore.metric_names import VAL, migrate
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,9 @@ def trial_overrides(cfg: Config, trial: Mapping[str, Any], index: int, folder: s
     """The trial's overrides plus model/eval folders of its own
     (`<model_dir>/[<folder>/]<index>-<name>`), so that trials never share checkpoints."""
     sub = Path(folder, f"{index}-{_slug(trial_name(trial))}")
-    return {**trial, "model_dir": str(Path(cfg.model_dir) / sub), "eval_dir": str(Path(cfg.eval_dir) / sub)}
+    # run_name: the trial's train and evaluate runs are `train <label>`, told apart in the table
+    return {**trial, "model_dir": str(Path(cfg.model_dir) / sub), "eval_dir": str(Path(cfg.eval_dir) / sub),
+            "run_name": trial_name(trial)}
 
 
 def trial_config(cfg: Config, trial: Mapping[str, Any], index: int, folder: str = "") -> Config:
@@ -167,7 +174,7 @@ def start_trial(cfg: Config, parent_run_id: str, index: int, trial: Mapping[str,
         **{f"{TRIAL_TAG_PREFIX}{k}": str(v) for k, v in trial.items()},
     }
     run = client.create_run(parent.info.experiment_id, run_name=trial_name(trial), tags=tags)
-    tracking.log_params(tracking.config_params(tcfg), run.info.run_id)
+    tracking.log_config(tcfg, run.info.run_id)
     log.info("trial %d %s: run %s", index, trial_name(trial), run.info.run_id)
     return run.info.run_id, tcfg
 
@@ -204,18 +211,29 @@ def collect_trial(trial_run_id: str) -> TrialResult:
     train, evaluate = by_step.get("train"), by_step.get("evaluate")
     if train is not None:
         result.model_uri = train.data.tags.get("model_uri", "")
+        result.metrics.update(validation_metrics(train.info.run_id))
     if evaluate is not None:
         try:
             local = mlflow.artifacts.download_artifacts(run_id=evaluate.info.run_id,
                                                         artifact_path="evaluation/metrics.json")
-            result.metrics = json.loads(Path(local).read_text())
+            result.metrics.update(json.loads(Path(local).read_text()))
         except (mlflow.exceptions.MlflowException, OSError, json.JSONDecodeError) as e:
             log.warning("trial %s: no evaluation/metrics.json (%s); using the run's metrics", trial_run_id, e)
-            result.metrics = dict(evaluate.data.metrics)
+            result.metrics.update(evaluate.data.metrics)
+    result.metrics = migrate(result.metrics)
     if not result.model_uri or not result.metrics:
         log.warning("trial %s (%s) has no %s", trial_run_id, result.name,
                     "trained model" if not result.model_uri else "evaluation")
     return result
+
+
+def validation_metrics(train_run_id: str) -> dict[str, float]:
+    """The final val/* metrics of a train run (its last validation, on faces held out of
+    the training split): what a sweep picks on."""
+    import mlflow
+
+    metrics = mlflow.MlflowClient().get_run(train_run_id).data.metrics
+    return {k: v for k, v in migrate(metrics).items() if k.startswith(VAL)}
 
 
 # ---- selection and the comparison table -------------------------------------------------
@@ -286,20 +304,22 @@ def finish_sweep(cfg: Config, parent_run_id: str, results: Sequence[TrialResult]
 
     best = pick_best(results, cfg.sweep_metric, cfg.gate_mode)
     best_value = metric_value(best, cfg.sweep_metric)
-    log.info("best trial %d %s: %s=%.6g (run %s)", best.index, best.name, cfg.sweep_metric, best_value, best.run_id)
+    split = "validation faces of the training split" if cfg.sweep_metric.startswith(VAL) else "NOT validation faces"
+    log.info("best trial %d %s: %s=%.6g on %s (run %s)", best.index, best.name, cfg.sweep_metric, best_value, split,
+             best.run_id)
     rows = comparison_rows(results)
     client.log_text(parent_run_id, _csv(rows), COMPARISON_CSV)
     client.log_dict(parent_run_id, {"metric": cfg.sweep_metric, "mode": cfg.gate_mode, "best_run_id": best.run_id,
                                     "trials": rows}, COMPARISON_JSON)
     for key, value in {SWEEP_TAG: "true", BEST_RUN_TAG: best.run_id, BEST_NAME_TAG: best.name}.items():
         client.set_tag(parent_run_id, key, value)
-    client.log_metric(parent_run_id, f"best_{cfg.sweep_metric}", best_value)
 
-    best_cfg = apply_overrides(cfg, best.overrides)
+    best_cfg = apply_overrides(cfg, {**best.overrides, "run_name": best.name})
     with tracking.step_run(best_cfg, "register"):
         mlflow.set_tags({"srgan.sweep.trial_run_id": best.run_id, BEST_NAME_TAG: best.name})
         registered = register(best_cfg, best.model_uri, best.metrics, manifest_hash or None)
-    client.set_tag(parent_run_id, "registered_model_version", str(registered.version))
+        # the parent shows the best trial's numbers: its headline test metrics and its sweep metric
+        tracking.report_to_parent(best.metrics, registered, extra_metrics={cfg.sweep_metric: best_value})
     return {
         "parent_run_id": parent_run_id,
         "best_trial": best.name,
@@ -331,7 +351,7 @@ def sweep(cfg: Config, trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     name = f"sweep {len(trials)} trials {tracking.run_name(cfg)}"
     with mlflow.start_run(experiment_id=tracking.experiment_id(cfg), run_name=name,
                           tags={**tracking.run_tags("sweep"), SWEEP_TAG: "true"}) as parent:
-        tracking.log_params(tracking.config_params(cfg))
+        tracking.log_config(cfg, parent.info.run_id)
         mlflow.log_dict({"trials": trials}, "sweep/trials.json")
         if steps.is_ingest_output(cfg.source):
             cfg = apply_overrides(cfg, {"data_dir": str(Path(cfg.source).expanduser())})
@@ -346,7 +366,8 @@ def sweep(cfg: Config, trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 with mlflow.start_run(run_id=run_id, nested=True):  # FAILED when train or evaluate raises
                     trained = train(tcfg)
                     result.model_uri = trained.model_uri
-                    result.metrics = evaluate(tcfg, trained.model_uri)
+                    result.metrics = migrate({**evaluate(tcfg, trained.model_uri),
+                                              **validation_metrics(trained.run_id)})
             except Exception:  # noqa: BLE001 - one failed trial must not lose the others
                 failed += 1
                 log.exception("trial %d %s failed; the sweep goes on with the others", index, result.name)

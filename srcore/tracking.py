@@ -20,6 +20,12 @@ Pipeline parent runs (KFP without the plugin): the first step opens one with
 `join_parent`, and the pipeline's exit task ends it with `finish_parent`: FAILED when a
 step failed, FINISHED otherwise.
 
+What a run holds: params are the hyper-parameters (`HPARAMS`, the same list on parents,
+trials and train runs, what a person varies to change the model); the whole resolved
+Config is the `config.yaml` artifact of every run. Parents (main, pipeline, sweep) also
+carry the headline test metrics of their result and the registered version and gate
+decision (`report_to_parent`), so the parent is the row a user compares.
+
 The tracking URI comes from `MLFLOW_TRACKING_URI`, else MLflow's local default.
 """
 
@@ -45,6 +51,25 @@ KFP_RUN_TAG = "srgan.kfp_run_id"
 LAUNCHER_TAG = "srgan.launcher_run_id"
 PROJECT_ENTRY_POINT_TAG = "mlflow.project.entryPoint"  # set by `mlflow run` on the run it creates
 PARAM_LIMIT = 6000  # MLflow's limit on a param value
+CONFIG_ARTIFACT = "config.yaml"
+# MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it is
+# for model training (the tag the UI reads; values as in MLflow's ExperimentKind)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# The hyper-parameters: what a person varies to change the model. They are the run params
+# (tests/test_tracking.py keeps this list short and every name a Config field); paths,
+# serving, deploy and tracking settings are in config.yaml only.
+HPARAMS = (
+    # data seen by training
+    "limit", "hr_size", "scale", "antialias", "augment", "aug_flip", "aug_color", "patch_size", "seed",
+    # models
+    "gen_filters", "gen_blocks", "gen_init_scale", "gen_bicubic_skip", "disc_filters", "disc_flatten",
+    # losses
+    "content_loss", "gan_loss", "adv_weight", "pixel_weight",
+    # optimisation
+    "batch_size", "epochs", "pretrain_epochs", "steps_per_epoch", "learning_rate", "pretrain_learning_rate",
+    "lr_schedule", "beta_1", "beta_2", "precision",
+)
 
 _state: dict[str, str] = {"parent": "", "launcher": ""}
 
@@ -85,7 +110,18 @@ def run_tags(step: str) -> dict[str, str]:
 
 
 def experiment_id(cfg: Config) -> str:
-    """The id of `cfg.experiment_name`, created when missing (the one experiment lookup)."""
+    """The id of `cfg.experiment_name`, created when missing with the tag that makes
+    MLflow's UI open it on the runs table (the one experiment lookup)."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    if experiment is None:
+        try:
+            client.create_experiment(cfg.experiment_name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":  # another step created it meanwhile
+                raise
+    elif EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set: say it once
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return mlflow.set_experiment(cfg.experiment_name).experiment_id
 
 
@@ -108,10 +144,25 @@ def param_value(v: Any) -> str:
 
 
 def config_params(cfg: Config) -> dict[str, str]:
-    """The resolved Config as run params; empty values are left out (a '' param says nothing).
-    A source URL is logged redacted (no credentials, no query signatures)."""
-    values = {**cfg.to_dict(), "source": redact_url(cfg.source)}
-    return {k: param_value(v) for k, v in values.items() if v is not None and str(v) != ""}
+    """The hyper-parameters of `cfg` (HPARAMS) as run params."""
+    values = cfg.to_dict()
+    return {k: param_value(values[k]) for k in HPARAMS}
+
+
+def config_yaml(cfg: Config) -> str:
+    """The resolved Config as YAML; a source URL redacted (no credentials, no query signatures)."""
+    import yaml
+
+    return yaml.safe_dump({**cfg.to_dict(), "source": redact_url(cfg.source)}, sort_keys=False)
+
+
+def log_config(cfg: Config, run_id: str | None = None, params: bool = True) -> None:
+    """The resolved Config as `config.yaml` of the run, and its hyper-parameters as params
+    (`params`: parents, trials and train runs)."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    mlflow.MlflowClient().log_text(run_id, config_yaml(cfg), CONFIG_ARTIFACT)
+    if params:
+        log_params(config_params(cfg), run_id)
 
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
@@ -216,8 +267,14 @@ def step_run(cfg: Config, step: str, resume_run_id: str | None = None, log_confi
         if not resume_run_id:
             mlflow.set_tags(_link_launcher(run.info.run_id))
             if log_config:
-                log_params(config_params(cfg))
+                log_config_for_step(cfg, step, run.info.run_id)
         yield run
+
+
+def log_config_for_step(cfg: Config, step: str, run_id: str) -> None:
+    """config.yaml on every step run; the hyper-parameters as params on train only (the
+    run a model comes from; ingest, evaluate and register do not vary them)."""
+    log_config(cfg, run_id, params=step == "train")
 
 
 @contextlib.contextmanager
@@ -230,7 +287,7 @@ def main_run(cfg: Config) -> Iterator[mlflow.ActiveRun]:
         ctx = mlflow.start_run(experiment_id=experiment_id(cfg), run_name=run_name(cfg), tags=run_tags("main"))
     with ctx as run, _failure_noted():
         mlflow.set_tags(_link_launcher(run.info.run_id))
-        log_params(config_params(cfg))
+        log_config(cfg, run.info.run_id)
         yield run
 
 
@@ -265,7 +322,7 @@ def open_parent(cfg: Config, pipeline_run_id: str = "") -> str:
     if pipeline_run_id:
         tags[KFP_RUN_TAG] = pipeline_run_id
     run = client.create_run(experiment_id(cfg), run_name=run_name(cfg), tags=tags)
-    log_params(config_params(cfg), run.info.run_id)
+    log_config(cfg, run.info.run_id)
     log.info("opened parent run %s in experiment %s", run.info.run_id, cfg.experiment_name)
     return run.info.run_id
 
@@ -304,3 +361,86 @@ def logged_model_id(model_uri: str) -> str | None:
     except mlflow.exceptions.MlflowException as e:
         log.warning("cannot resolve the logged model of %s: %s", model_uri, e)
     return None
+
+
+# ---- the parent run is the row a user compares ---------------------------------------
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The headline numbers of an evaluation (metric_names.HEADLINE), old names migrated."""
+    import math
+
+    from srcore.metric_names import HEADLINE, migrate
+
+    values = migrate(metrics)
+    return {k: float(v) for k in HEADLINE if isinstance(v := values.get(k), (int, float))
+            and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def report_to_parent(metrics: Mapping[str, Any], registered: Any, extra_metrics: Mapping[str, float] | None = None,
+                     extra_tags: Mapping[str, str] | None = None) -> str:
+    """From inside the register run: put the headline test metrics, the registered
+    version and the gate decision on its parent (main, pipeline or sweep), and the
+    evaluation's showcase grid. Returns the parent's id ('' when there is none, e.g. a
+    standalone `srgan register` or KFP's MLflow plugin)."""
+    active = mlflow.active_run()
+    if active is None:
+        return ""
+    client = mlflow.MlflowClient()
+    parent_id = client.get_run(active.info.run_id).data.tags.get(PARENT_TAG, "")
+    if not parent_id:
+        return ""
+    values = {**headline_metrics(metrics), **(extra_metrics or {})}
+    client.log_batch(parent_id, metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in values.items()])
+    tags = {
+        "registered_model_name": registered.name,
+        "registered_model_version": str(registered.version),
+        "gate.decision": "champion" if registered.champion else "candidate",
+        "gate.reason": str(registered.reason)[:5000],
+        **(extra_tags or {}),
+    }
+    client.log_batch(parent_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+    _copy_showcase(client, str(metrics.get("mlflow_run_id") or ""), parent_id)
+    return parent_id
+
+
+def _copy_showcase(client: mlflow.MlflowClient, eval_run_id: str, parent_id: str) -> None:
+    """The evaluation's sample grid on the parent too: visible where a user looks first."""
+    if not eval_run_id:
+        return
+    import tempfile
+
+    from PIL import Image
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=eval_run_id, artifact_path="showcase/latest.png",
+                                                        dst_path=tmp)
+            with Image.open(local) as grid:
+                grid.load()
+                client.log_image(parent_id, grid, key="showcase", step=0)
+                client.log_image(parent_id, grid, artifact_file="showcase/latest.png")
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        log.warning("could not copy the showcase grid of run %s to the parent run: %s", eval_run_id, e)
+
+
+# ---- where to look ---------------------------------------------------------------------
+
+def ui_base() -> str:
+    """The MLflow UI's base URL when the tracking URI is a server, else ''."""
+    uri = mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ""
+
+
+def run_link(experiment_id_: str, run_id: str) -> str:
+    base = ui_base()
+    return f"{base}/#/experiments/{experiment_id_}/runs/{run_id}" if base else f"run {run_id}"
+
+
+def where_to_look(experiment_id_: str) -> str:
+    """The experiment's runs page in the MLflow UI, or how to open it for a local store."""
+    base = ui_base()
+    if base:
+        return f"{base}/#/experiments/{experiment_id_}/runs"
+    uri = mlflow.get_tracking_uri()
+    return (f"`mlflow ui --backend-store-uri {uri}` (from this folder), then "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id_}/runs")

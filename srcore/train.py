@@ -27,7 +27,7 @@ from mlflow.types import Schema, TensorSpec
 from srcore import gpu, tracking
 from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config, ConfigError
-from srcore.data.dataset import train_count, train_dataset, validation_images
+from srcore.data.dataset import VAL_FRACTION, train_count, train_dataset, val_faces, validation_images
 from srcore.data.manifest import read_manifest
 from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse, resolve_content_loss
 from srcore.models import build_discriminator, build_generator
@@ -146,7 +146,8 @@ def resolve(cfg: Config) -> tuple[Config, dict[str, str]]:
 def steps_per_epoch(cfg: Config, data_dir: Path) -> int:
     if cfg.steps_per_epoch:
         return cfg.steps_per_epoch
-    n_train = train_count(data_dir) - cfg.val_count
+    total = train_count(data_dir)
+    n_train = total - val_faces(cfg.val_count, total)
     if n_train < cfg.batch_size:
         raise ValueError(
             f"batch_size={cfg.batch_size} is larger than the {n_train} training images in {data_dir}; lower --batch-size"
@@ -323,7 +324,7 @@ class Trainer:
             ips = n * self.global_batch / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(g=f"{means['g_loss']:.4f}", img_s=f"{ips:.1f}", refresh=False)
             if last > log_from_step:
-                mlflow.log_metrics({f"step_{k}": v for k, v in means.items()}, step=last)
+                mlflow.log_metrics({f"train/{k}": v for k, v in means.items()}, step=last)
 
         for lr, hr in self.dataset():
             step_fn(lr, hr)
@@ -349,17 +350,39 @@ class Trainer:
         return path
 
 
-def _epoch_eval(trainer: Trainer, epoch_done: int, val_images: list | None) -> None:
-    """Per-epoch val_* metrics: on the faces held out of training (val_count), else on the
-    first eval_images test faces; never on training images. Plus the showcase grid."""
-    from srcore.evaluate import quick_eval
+def _validate(trainer: Trainer, epoch_done: int, val_images: list | None) -> None:
+    """val/* metrics on the faces held out of the training split (never on test faces,
+    never on faces it trains on); nothing without validation faces."""
+    from srcore.evaluate import validation_eval
 
-    cfg = trainer.cfg
-    metrics, grid = quick_eval(trainer.generator, cfg, trainer.data_dir, cfg.eval_images, images=val_images)
-    mlflow.log_metrics({f"val_{k}": v for k, v in metrics.items()}, step=epoch_done)
-    mlflow.log_image(grid, key="showcase", step=epoch_done)
-    split = "validation" if val_images else "test"
-    log.info("epoch %d %s metrics: %s", epoch_done, split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    metrics = validation_eval(trainer.generator, trainer.cfg, val_images or [])
+    if metrics:
+        mlflow.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=epoch_done)
+        log.info("epoch %d validation metrics (%d faces held out of the training split): %s", epoch_done,
+                 len(val_images or []), ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+def _log_showcase(trainer: Trainer, step: int) -> None:
+    """The showcase faces' grid (a picture of the test split's showcase faces, no score)
+    per epoch, and the newest one at a fixed path."""
+    from srcore.evaluate import SHOWCASE_ARTIFACT, showcase_grid
+
+    grid = showcase_grid(trainer.generator, trainer.cfg, trainer.data_dir)
+    mlflow.log_image(grid, key="showcase", step=step)
+    mlflow.log_image(grid, artifact_file=SHOWCASE_ARTIFACT)
+
+
+def _validation_note(cfg: Config, data_dir: Path, n_val: int) -> dict[str, str]:
+    """The log line and tags that say how many validation faces there are, and why."""
+    total = train_count(data_dir)
+    if n_val:
+        capped = f" (val_count={cfg.val_count} capped at a quarter of the split)" if n_val < cfg.val_count else ""
+        log.info("validation: %d of the %d training faces held out for the val/* metrics%s", n_val, total, capped)
+        return {"val.faces": str(n_val)}
+    why = ("val_count=0" if not cfg.val_count else
+           f"the training split has {total} images, fewer than {VAL_FRACTION}")
+    log.warning("no validation faces (%s): no val/* metrics; a sweep cannot pick trials on val/*", why)
+    return {"val.faces": "0", "val.skipped_reason": why}
 
 
 def _is_training_output(relative_path: str) -> bool:
@@ -417,6 +440,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
     start_epoch = trainer.restore()
     write_text_atomic(model_dir / ARCH_FILE, json.dumps(architecture(cfg), indent=2))  # restored fine: this is it
     val_images = validation_images(cfg, data_dir) if cfg.val_count else None
+    val_tags = _validation_note(cfg, data_dir, len(val_images or []))
 
     run_id_file = model_dir / RUN_ID_FILE
     resume_id = run_id_file.read_text().strip() if (start_epoch and run_id_file.exists()) else None
@@ -431,10 +455,13 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             "resumed_from_epoch": str(start_epoch),
             **reasons,
             **gpu_tags,
+            **val_tags,
         })
         # a resumed run re-trains epochs after its last checkpoint: log none of them twice
-        logged_epoch = _last_logged(run_id, "epoch_seconds") if start_epoch else 0
-        logged_step = _last_logged(run_id, "step_g_loss") if start_epoch else 0
+        logged_epoch = _last_logged(run_id, "train/epoch_seconds") if start_epoch else 0
+        logged_step = _last_logged(run_id, "train/g_loss") if start_epoch else 0
+        if not start_epoch and cfg.eval_every:
+            _log_showcase(trainer, 0)  # before training: MLflow's image card opens on step 0
         if start_epoch:
             log.info("continuing MLflow run %s from epoch %d", run_id, start_epoch)
         log.info(
@@ -448,9 +475,13 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
                      ", ".join(f"{k} {v:.4g}" for k, v in means.items()))
             fresh = done > logged_epoch
             if fresh:
-                mlflow.log_metrics({**means, "phase": float(trainer.phase)}, step=done)
-            if fresh and cfg.eval_every and (done % cfg.eval_every == 0 or done == trainer.total_epochs):
-                _epoch_eval(trainer, done, val_images)
+                mlflow.log_metrics({f"train/{k if k in ('images_per_sec', 'epoch_seconds') else 'epoch_' + k}": v
+                                    for k, v in means.items()} | {"train/phase": float(trainer.phase)}, step=done)
+            last = done == trainer.total_epochs
+            if fresh and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
+                _validate(trainer, done, val_images)  # always after the last epoch: a sweep picks on it
+                if cfg.eval_every:
+                    _log_showcase(trainer, done)
             if done == cfg.pretrain_epochs:
                 write_atomic(model_dir / SRRESNET_FILE, trainer.generator.save)
                 mlflow.log_artifact(str(model_dir / SRRESNET_FILE), artifact_path="srresnet")

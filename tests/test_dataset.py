@@ -18,6 +18,7 @@ from srcore.data.dataset import (  # noqa: E402
     read_manifest,
     train_count,
     train_dataset,
+    val_faces,
     validation_images,
 )
 from srcore.data.ingest import ingest  # noqa: E402
@@ -35,7 +36,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def config(data_dir: Path, **overrides):
-    return small_config("demo", data_dir, **{"batch_size": BATCH, **overrides})
+    # val_count=0: these tests count whole-split batches; validation has its own test
+    return small_config("demo", data_dir, **{"batch_size": BATCH, "val_count": 0, **overrides})
 
 
 def to_uint8(x) -> np.ndarray:
@@ -137,15 +139,16 @@ def test_random_patches(data_dir: Path):
 
 
 def test_validation_faces_are_held_out_of_training(data_dir: Path):
-    cfg = config(data_dir, val_count=3, aug_flip=False, aug_color=False, batch_size=2)
+    cfg = config(data_dir, val_count=2, aug_flip=False, aug_color=False, batch_size=2)
     held_out = validation_images(cfg, data_dir)
-    assert len(held_out) == 3 and all(image.shape == (128, 128, 3) for _, image in held_out)
+    assert len(held_out) == 2 and all(image.shape == (128, 128, 3) for _, image in held_out)
     trained = {to_uint8(hr)[i].tobytes() for _, hr in train_dataset(cfg, data_dir) for i in range(len(hr))}
     total = read_manifest(data_dir)["counts"]["train"]
-    assert len(trained) == (total - 3) // 2 * 2  # one epoch, incomplete batch dropped
+    assert len(trained) == (total - 2) // 2 * 2  # one epoch, incomplete batch dropped
     assert not any(image.tobytes() in trained for _, image in held_out)
-    with pytest.raises(ValueError, match="val_count"):
-        validation_images(config(data_dir, val_count=total), data_dir)
+    # the stated rule for small data: at most a quarter of the training split, 0 below 4 images
+    assert len(validation_images(config(data_dir, val_count=total), data_dir)) == total // 4
+    assert (val_faces(100, 10_161), val_faces(100, 40), val_faces(100, 3), val_faces(0, 500)) == (100, 10, 0, 0)
 
 
 def test_load_test_images(data_dir: Path):

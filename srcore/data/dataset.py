@@ -3,9 +3,10 @@
 train_dataset: shards -> shuffle -> decode PNG -> (without the validation faces) ->
     augment the HR crop (optional) -> random patch (optional) -> batch -> LR by the
     shared x4 degradation -> (lr, hr) float32 in [-1, 1].
-validation_images: the last `val_count` training faces (shard order), held out of
+validation_images: the last `val_faces` training faces (shard order), held out of
     training for per-epoch metrics and hyper-parameter choice; the test split stays
-    untouched until the final evaluation.
+    untouched until the final evaluation. `val_faces` = min(val_count, a quarter of the
+    training split): none only when val_count is 0 or the split has < 4 images.
 load_test_images: the test PNGs in manifest order, never augmented (evaluation degrades
     them with srcore.data.degrade exactly as train_dataset does).
 
@@ -105,22 +106,32 @@ def _shard_paths(manifest: dict, data_dir: str | Path) -> list[str]:
     return [str(Path(data_dir).expanduser() / TRAIN_DIR / name) for name in manifest["train_shards"]]
 
 
+#: validation takes at most 1/VAL_FRACTION of the training split (tiny data keeps most for training)
+VAL_FRACTION = 4
+
+
+def val_faces(val_count: int, n_train: int) -> int:
+    """How many training faces are held out for validation: min(val_count, n_train // 4),
+    so 0 only when val_count is 0 or the training split has fewer than 4 images."""
+    return max(0, min(val_count, n_train // VAL_FRACTION))
+
+
 def _last_records(cfg: Config, data_dir: str | Path) -> list[tuple[str, bytes]]:
-    """(name, PNG bytes) of the last `val_count` training records in shard order."""
+    """(name, PNG bytes) of the last `val_faces` training records in shard order."""
     if not cfg.val_count:
         return []
     manifest = _checked_manifest(cfg, data_dir)
-    if cfg.val_count >= manifest["counts"]["train"]:
-        raise ValueError(f"val_count={cfg.val_count} leaves no training images in {data_dir} "
-                         f"({manifest['counts']['train']} train images); lower val_count")
+    count = val_faces(cfg.val_count, manifest["counts"]["train"])
+    if not count:
+        return []
     found: list[tuple[str, bytes]] = []
     for shard in reversed(_shard_paths(manifest, data_dir)):  # read only the last shard(s)
         parsed = tf.data.TFRecordDataset(shard).map(lambda r: tf.io.parse_single_example(r, _FEATURES))
         records = [(ex["name"].numpy().decode(), ex["image"].numpy()) for ex in parsed]
         found = records + found
-        if len(found) >= cfg.val_count:
+        if len(found) >= count:
             break
-    return found[-cfg.val_count:]
+    return found[-count:]
 
 
 def _validation_names(cfg: Config, data_dir: str | Path) -> list[str]:
@@ -128,7 +139,7 @@ def _validation_names(cfg: Config, data_dir: str | Path) -> list[str]:
 
 
 def validation_images(cfg: Config, data_dir: str | Path) -> list[tuple[str, np.ndarray]]:
-    """[(name, uint8 HxWx3)] of the faces train_dataset holds out (cfg.val_count)."""
+    """[(name, uint8 HxWx3)] of the faces train_dataset holds out (`val_faces`)."""
     return [(name, decode_crop(tf.constant(png), cfg.hr_size).numpy()) for name, png in _last_records(cfg, data_dir)]
 
 
