@@ -63,9 +63,9 @@ def cpu_name() -> str:
 def training_facts(run_id: str) -> dict:
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
-    seconds = sum(m.value for m in client.get_metric_history(run_id, "epoch_seconds"))
-    ips = [m.value for m in client.get_metric_history(run_id, "images_per_sec")]
-    phases = [m.value for m in sorted(client.get_metric_history(run_id, "phase"), key=lambda m: m.step)]
+    seconds = sum(m.value for m in client.get_metric_history(run_id, "train/epoch_seconds"))
+    ips = [m.value for m in client.get_metric_history(run_id, "train/images_per_sec")]
+    phases = [m.value for m in sorted(client.get_metric_history(run_id, "train/phase"), key=lambda m: m.step)]
     return {
         "run_id": run_id,
         "minutes": seconds / 60,
@@ -126,11 +126,11 @@ def render(cfg, facts, counts, test, seed5, seed_tut, crop0: int, grid_rel: str,
     labels = {**dict(ROWS), "srgan": srgan_label(facts)}
     for key, _ in ROWS:
         r = test[key]
-        p = "bicubic" if key == "bicubic" else "test"
-        gain = 0.0 if key == "bicubic" else r.get("gain_psnr")
+        p = "test/bicubic_" if key == "bicubic" else "test/"
+        gain = 0.0 if key == "bicubic" else r.get("test/gain_psnr")
         lines.append(
-            f"| {labels[key]} | {_fmt(r.get(p + '_psnr'))} | {_fmt(r.get(p + '_ssim'), 4)} | {_fmt(r.get(p + '_psnr_y'))} | "
-            f"{_fmt(r.get(p + '_ssim_y'), 4)} | {_fmt(r.get(p + '_lpips_alex'), 4)} | {_fmt(r.get(p + '_lpips'), 4)} | {_fmt(gain)} |"
+            f"| {labels[key]} | {_fmt(r.get(p + 'psnr'))} | {_fmt(r.get(p + 'ssim'), 4)} | {_fmt(r.get(p + 'psnr_y'))} | "
+            f"{_fmt(r.get(p + 'ssim_y'), 4)} | {_fmt(r.get(p + 'lpips_alex'), 4)} | {_fmt(r.get(p + 'lpips'), 4)} | {_fmt(gain)} |"
         )
     lines += [
         "",
@@ -152,9 +152,9 @@ def render(cfg, facts, counts, test, seed5, seed_tut, crop0: int, grid_rel: str,
         )
     for key, _ in ROWS:
         r, label = seed5[key], labels[key]
-        p = "bicubic" if key == "bicubic" else "test"
-        lines.append(f"| {label} | {_fmt(r.get(p + '_psnr'))} | {_fmt(r.get(p + '_ssim'), 4)} | "
-                     f"{_fmt(r.get(p + '_psnr_y'))} | {_fmt(r.get(p + '_ssim_y'), 4)} |")
+        p = "test/bicubic_" if key == "bicubic" else "test/"
+        lines.append(f"| {label} | {_fmt(r.get(p + 'psnr'))} | {_fmt(r.get(p + 'ssim'), 4)} | "
+                     f"{_fmt(r.get(p + 'psnr_y'))} | {_fmt(r.get(p + 'ssim_y'), 4)} |")
     lines += [
         "",
         "The tutorial's outputs are scored against its own published originals; ours against the "

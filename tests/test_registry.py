@@ -49,7 +49,7 @@ def alias_version(name: str, alias: str) -> str:
 
 def scored(value: float, bicubic: float = 20.0, metric: str = "psnr_y", split: str | None = "split-a", **more) -> dict:
     """evaluate's metrics.json shape: the model's and bicubic's score on one test split."""
-    out = {f"test_{metric}": value, f"bicubic_{metric}": bicubic, **more}
+    out = {f"test/{metric}": value, f"test/bicubic_{metric}": bicubic, **more}
     if split:
         out["data_manifest_hash"] = split
     return out
@@ -58,7 +58,7 @@ def scored(value: float, bicubic: float = 20.0, metric: str = "psnr_y", split: s
 def test_first_is_champion_worse_stays_candidate_better_takes_over(backend):
     cfg, uri1, uri2, uri3 = unique_cfg(), log_stub_model(), log_stub_model(), log_stub_model()
 
-    first = register(cfg, uri1, {**scored(25.0), "test_ssim": 0.8}, manifest_hash="abc123")
+    first = register(cfg, uri1, {**scored(25.0), "test/ssim": 0.8}, manifest_hash="abc123")
     assert (first.version, first.champion) == ("1", True)
     assert "first champion" in first.reason and "beats bicubic" in first.reason
 
@@ -68,6 +68,7 @@ def test_first_is_champion_worse_stays_candidate_better_takes_over(backend):
     assert alias_version(cfg.registered_model_name, "candidate") == "2"
     assert alias_version(cfg.registered_model_name, "champion") == "1"
 
+    # old underscore names (metrics.json before the grouping) are migrated on read
     better = register(cfg, uri3, {"test_psnr_y": {"mean": 26.25, "std": 1.5}, "bicubic_psnr_y": 20.0,
                                   "data_manifest_hash": "abc123"})
     assert (better.version, better.champion) == ("3", True)
@@ -75,10 +76,11 @@ def test_first_is_champion_worse_stays_candidate_better_takes_over(backend):
     assert alias_version(cfg.registered_model_name, "candidate") == "3"
 
     v1 = MlflowClient().get_model_version(cfg.registered_model_name, "1")
-    assert v1.tags["metric.test_psnr_y"] == "25.0" and v1.tags["metric.test_ssim"] == "0.8"
+    assert v1.tags["metric.test/psnr_y"] == "25.0" and v1.tags["metric.test/ssim"] == "0.8"
     assert v1.tags["data.manifest_hash"] == "abc123" and v1.tags["eval.test_split_hash"] == "abc123"
     assert v1.tags["srgan.model_uri"] == uri1
-    assert "test_psnr_y: 25" in v1.description and "abc123" in v1.description
+    assert "| **this model** | 25.00 |" in v1.description and "abc123" in v1.description
+    assert "## Gate" in v1.description and "**champion**" in v1.description
     v2 = MlflowClient().get_model_version(cfg.registered_model_name, "2")
     assert v2.tags["gate.decision"] == "candidate" and "stays version 1" in v2.tags["gate.reason"]
 
@@ -111,14 +113,14 @@ def test_evaluate_metrics_json_path(sqlite, tmp_path):
     version = MlflowClient().get_model_version(cfg.registered_model_name, result.version)
     assert "crop_border: 4" in version.description and "BT.601" in version.description
     metric_tags = {k: v for k, v in version.tags.items() if k.startswith("metric.")}
-    assert metric_tags == {"metric.test_psnr_y": "27.1"}  # no strings, None or blocks
+    assert metric_tags == {"metric.test/psnr_y": "27.1"}  # no strings, None or blocks; old name migrated
     assert version.tags["data.manifest_hash"] == "12e45"
 
 
 def test_missing_gate_metric_fails_before_registering(sqlite):
     cfg = unique_cfg()
-    with pytest.raises(ValueError, match=r"gate_metric='test_psnr_y'.*available: test_ssim"):
-        register(cfg, log_stub_model(), {"test_ssim": 0.9})
+    with pytest.raises(ValueError, match=r"gate_metric='test/psnr_y'.*available: test/ssim"):
+        register(cfg, log_stub_model(), {"test/ssim": 0.9})
     assert MlflowClient().search_registered_models(f"name = '{cfg.registered_model_name}'") == []
 
 
@@ -148,14 +150,26 @@ def test_worse_than_bicubic_never_becomes_the_first_champion(sqlite):
 def test_the_margin_over_bicubic_is_strict(sqlite):
     cfg = unique_cfg(gate_min_gain=0.5)
     assert not register(cfg, log_stub_model(), scored(20.5, bicubic=20.0)).champion  # gain == margin
-    assert not register(cfg, log_stub_model(), scored(21.0, split=None) | {"bicubic_psnr_y": float("nan")}).champion
+    assert not register(cfg, log_stub_model(), scored(21.0, split=None) | {"test/bicubic_psnr_y": float("nan")}).champion
     result = register(cfg, log_stub_model(), scored(20.75, bicubic=20.0))
     assert result.champion and "> 0.5" in result.reason
 
 
 def test_no_bicubic_baseline_stays_candidate(sqlite):
-    result = register(unique_cfg(), log_stub_model(), {"test_psnr_y": 30.0, "data_manifest_hash": "x"})
-    assert not result.champion and "no bicubic_psnr_y" in result.reason
+    result = register(unique_cfg(), log_stub_model(), {"test/psnr_y": 30.0, "data_manifest_hash": "x"})
+    assert not result.champion and "no test/bicubic_psnr_y" in result.reason
+
+
+def test_old_metric_names_in_config_and_champion_tags_still_count(sqlite):
+    # a config saying gate_metric: test_psnr_y, and a champion tagged metric.test_psnr_y
+    cfg = unique_cfg(gate_metric="test_psnr_y")
+    assert cfg.gate_metric == "test/psnr_y"
+    old = mlflow.register_model(log_stub_model(), cfg.registered_model_name,
+                                tags={"metric.test_psnr_y": "25.0", "eval.test_split_hash": "split-a"})
+    MlflowClient().set_registered_model_alias(cfg.registered_model_name, "champion", old.version)
+    worse = register(cfg, log_stub_model(), scored(24.0))
+    assert not worse.champion and "25" in worse.reason and "stays version 1" in worse.reason
+    assert register(cfg, log_stub_model(), scored(26.0)).champion
 
 
 def test_nan_gate_metric_never_registers(sqlite, tmp_path):

@@ -30,22 +30,26 @@ def test_smoke_training_moves_the_loss_and_logs_everything(tmp_path, smoke_data,
     result = train(cfg)
     assert result.epochs_done == 4
     assert Path(result.generator_path).is_file()
-    losses = _history(result.run_id, "g_loss")
+    losses = _history(result.run_id, "train/epoch_g_loss")
     assert len(losses) == 4
     assert losses[2] < losses[0]  # pixel MSE falls during pre-training
     run = mlflow.get_run(result.run_id)
     assert run.data.params["batch_size"] == "8"
     assert run.data.tags["content_loss"] == "mse"
     assert run.data.tags["data_manifest_hash"]
-    for key in ("d_loss", "adversarial_loss", "images_per_sec", "val_psnr", "val_ssim", "step_g_loss"):
+    for key in ("train/epoch_d_loss", "train/epoch_adversarial_loss", "train/images_per_sec", "val/psnr", "val/ssim",
+                "val/psnr_y", "train/g_loss"):
         assert key in run.data.metrics, key
+    assert all("/" in key for key in run.data.metrics)  # every metric in a chart section
+    assert run.data.tags["val.faces"] == "10"  # a quarter of the 40 training faces: val_count=100 capped
     # pre-training logs its pixel MSE under its own name, not as the content loss
-    assert len(_history(result.run_id, "pixel_loss")) == 3
-    assert len(_history(result.run_id, "content_loss")) == 1
+    assert len(_history(result.run_id, "train/epoch_pixel_loss")) == 3
+    assert len(_history(result.run_id, "train/epoch_content_loss")) == 1
     assert run.data.params["precision"] in ("float32", "mixed_bfloat16")  # `auto` resolved
     assert run.data.tags["precision_reason"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
     assert "images" in artifacts  # log_image(step=...) keeps one showcase grid per epoch
+    assert {"config.yaml", "showcase"} <= artifacts
     assert result.model_uri.startswith("models:/")
 
 
@@ -73,7 +77,7 @@ def test_resume_after_crash_continues_checkpoint_and_run(tmp_path, smoke_data, t
     assert seen == [2]
     assert result.run_id == run_id
     assert result.epochs_done == 3
-    assert len(_history(run_id, "g_loss")) == 3  # one run holds the whole history
+    assert len(_history(run_id, "train/epoch_g_loss")) == 3  # one run holds the whole history
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, smoke_data, tracking, monkeypatch):
@@ -118,7 +122,7 @@ def test_kill_9_mid_training_then_rerun_resumes(tmp_path, smoke_data, tracking):
     assert f"{killed_at} of 6 epochs done" in rerun.stderr  # the log says where it resumed
     assert (model_dir / "mlflow_run_id").read_text() == run_id
     client = mlflow.MlflowClient(tracking)
-    steps = sorted({m.step for m in client.get_metric_history(run_id, "g_loss")})
+    steps = sorted({m.step for m in client.get_metric_history(run_id, "train/epoch_g_loss")})
     assert steps == [1, 2, 3, 4, 5, 6]
     assert client.get_run(run_id).info.status == "FINISHED"
 
@@ -160,7 +164,7 @@ def test_resume_logs_no_epoch_twice_and_restores_exact_state(tmp_path, smoke_dat
     while mlflow.active_run():
         mlflow.end_run("KILLED")
     run_id = (tmp_path / "model" / "mlflow_run_id").read_text()
-    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "g_loss")] == [1, 2, 3]
+    assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/epoch_g_loss")] == [1, 2, 3]
 
     # a restored trainer holds exactly the checkpoint's weights and optimizer state
     ckpt = tf.train.latest_checkpoint(str(tmp_path / "model" / "checkpoints"))
@@ -176,10 +180,10 @@ def test_resume_logs_no_epoch_twice_and_restores_exact_state(tmp_path, smoke_dat
     result = train(cfg)
     assert result.run_id == run_id
     client = mlflow.MlflowClient()
-    for key in ("g_loss", "epoch_seconds", "phase"):
+    for key in ("train/epoch_g_loss", "train/epoch_seconds", "train/phase"):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert sorted(steps) == [1, 2, 3, 4], (key, steps)  # no epoch logged twice
-    step_metrics = [m.step for m in client.get_metric_history(run_id, "step_g_loss")]
+    step_metrics = [m.step for m in client.get_metric_history(run_id, "train/g_loss")]
     assert len(step_metrics) == len(set(step_metrics))
 
 
@@ -208,10 +212,10 @@ def test_fault_after_epoch_1_then_rerun_resumes_at_epoch_1(tmp_path, smoke_data,
 def test_rerunning_a_finished_training_is_a_no_op(tmp_path, smoke_data, tracking):
     cfg = _cfg(tmp_path, smoke_data, pretrain_epochs=1, epochs=0, eval_every=0)
     first = train(cfg)
-    history = _history(first.run_id, "g_loss")
+    history = _history(first.run_id, "train/epoch_g_loss")
     again = train(cfg)
     assert again.model_uri == first.model_uri and again.run_id == first.run_id
-    assert _history(first.run_id, "g_loss") == history
+    assert _history(first.run_id, "train/epoch_g_loss") == history
 
 
 def test_train_refuses_a_model_dir_it_did_not_write(tmp_path, smoke_data, tracking):
