@@ -20,7 +20,9 @@ base64 PNG string (about 20x smaller than the JSON array of its pixels).
 
 Bounded: `ServingLimits` (max LR pixels per request, max batch, tile and overlap range,
 a time budget) are fixed when the model is logged, stated in its MLmodel metadata
-(`serving_limits`) and handed to the model as its model_config. A request over a limit
+(`serving_limits`) and handed to the model as its artifact `serving_limits.json` (not as
+a model_config, which MLflow would also log as run params, crowding the hyper-parameters;
+models logged with a model_config still load it). A request over a limit
 is refused before any work with MlflowException INVALID_PARAMETER_VALUE, which the
 scoring server answers with HTTP 400 and a message naming the limit; work past the
 time budget stops between tiles (HTTP 503). Every image goes through srcore.upscale's
@@ -40,6 +42,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import logging
 import shutil
 import tempfile
@@ -60,6 +63,7 @@ log = logging.getLogger(__name__)
 SRCORE_DIR = Path(__file__).resolve().parent
 MODEL_CODE = SRCORE_DIR / "upscaler_model.py"
 GENERATOR_ARTIFACT = "generator"
+LIMITS_ARTIFACT = "serving_limits"
 ENCODINGS = ("array", "png")
 # The project's tested set (pyproject.toml): the serving environment must be able to
 # load a Keras 3 .keras file written by this exact Keras, and protobuf is pinned there
@@ -146,7 +150,7 @@ def _refuse(message: str) -> None:
 
 class SRUpscaler(mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper around a `.keras` generator (artifact `generator`); its
-    model_config holds the ServingLimits."""
+    artifact `serving_limits` holds the ServingLimits."""
 
     def __init__(self, limits: ServingLimits | None = None):
         self.limits = limits or ServingLimits()
@@ -154,8 +158,10 @@ class SRUpscaler(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from srcore.models import load_generator
 
-        if getattr(context, "model_config", None):
+        if getattr(context, "model_config", None):  # models logged before the limits became an artifact
             self.limits = ServingLimits.from_dict(context.model_config)
+        if LIMITS_ARTIFACT in (context.artifacts or {}):
+            self.limits = ServingLimits.from_dict(json.loads(Path(context.artifacts[LIMITS_ARTIFACT]).read_text()))
         self.generator = load_generator(context.artifacts[GENERATOR_ARTIFACT])
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
@@ -304,7 +310,7 @@ def log_upscaler(
     limits: ServingLimits | None = None,
 ) -> ModelInfo:
     """Log the pyfunc upscaler (to the active run, if any) as models-from-code, with its
-    `limits` (default ServingLimits(); pass ServingLimits.from_config(cfg)) as model_config
+    `limits` (default ServingLimits(); pass ServingLimits.from_config(cfg)) as an artifact
     and in the metadata; returns MLflow's ModelInfo, whose `.model_uri` (`models:/m-...`)
     is what srcore.registry.register takes."""
     generator_path = Path(generator_path)
@@ -312,12 +318,13 @@ def log_upscaler(
         raise FileNotFoundError(f"generator_path {generator_path} is not a .keras file")
     limits = limits or ServingLimits()
     with tempfile.TemporaryDirectory(prefix="srcore-code-") as tmp:
+        limits_file = Path(tmp) / f"{LIMITS_ARTIFACT}.json"
+        limits_file.write_text(json.dumps(limits.to_dict()))
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
-            artifacts={GENERATOR_ARTIFACT: str(generator_path)},
+            artifacts={GENERATOR_ARTIFACT: str(generator_path), LIMITS_ARTIFACT: str(limits_file)},
             code_paths=[str(_clean_package_copy(Path(tmp)))],
-            model_config=limits.to_dict(),
             metadata={"serving_limits": limits.to_dict()},
             signature=upscaler_signature(limits),
             input_example=_example_batch(input_example),

@@ -57,7 +57,7 @@ def test_limits_are_in_the_metadata_and_nothing_is_pickled(bounded):
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     pyfunc = mlmodel["flavors"]["python_function"]
     assert pyfunc.get("model_code_path") and not list(local.rglob("*.pkl"))
-    assert model.unwrap_python_model().limits == LIMITS  # model_config reached load_context
+    assert model.unwrap_python_model().limits == LIMITS  # the limits artifact reached load_context
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+import helpers_tracking as expect
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,6 +47,13 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(uri), capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    log = proc.stderr
+    # validation metrics are never called test metrics (nor the reverse), and the job ends with where to look
+    assert "validation metrics" in log
+    assert not [line for line in log.splitlines() if "epoch" in line and "test metrics" in line]
+    assert "mlflow ui --backend-store-uri" in log and "#/experiments/" in log
+    assert "alias candidate -> models:/srgan-celeba@candidate" in log or "alias champion" in log
+    assert sum('"parent_run_id"' in line for line in (proc.stdout + log).splitlines()) == 1  # the JSON, once
 
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("srgan-celeba")
@@ -55,7 +64,7 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     parent = parents[0]
     assert parent.info.run_name == "demo p1+e2 mse bs8"
     assert parent.data.params and all(v != "" for v in parent.data.params.values())
-    assert parent.data.params["epochs"] == "2" and parent.data.params["source"] == "demo"
+    assert parent.data.params["epochs"] == "2" and "source" not in parent.data.params  # paths are not params
     children = {r.data.tags["srgan.step"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"ingest", "train", "evaluate", "register"}
     assert {r.info.run_name for r in children.values()} == {f"{s} demo p1+e2 mse bs8" for s in children}
@@ -67,9 +76,9 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     assert parent.data.tags["srgan.launcher_run_id"] == launcher.info.run_id
 
     train_run = children["train"]
-    assert len(client.get_metric_history(train_run.info.run_id, "g_loss")) == 3  # 1 pretrain + 2 GAN epochs
+    assert len(client.get_metric_history(train_run.info.run_id, "train/epoch_g_loss")) == 3  # 1 pretrain + 2 GAN epochs
     assert {a.path for a in client.list_artifacts(train_run.info.run_id)} >= {"images"}
-    assert "test_psnr" in children["evaluate"].data.metrics
+    assert "test/psnr" in children["evaluate"].data.metrics
     # the smoke model (bicubic skip) looks like bicubic or better, not a grey smear (issue 17)
     scores = {k.replace("/", "_"): v for k, v in children["evaluate"].data.metrics.items()}
     model_psnr = scores.get("test_psnr_y")
@@ -78,7 +87,21 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     assert model_psnr > bicubic_psnr - 1.0, (model_psnr, bicubic_psnr)
     versions = client.search_model_versions("name='srgan-celeba'")
     assert len(versions) == 1
+
+    # what a person comparing runs sees (issue 17), on this one smoke job
+    expect.check_experiment_opens_on_runs(client, exp)
+    expect.check_parent(client, parent)
+    assert parent.data.tags["registered_model_version"] == str(versions[0].version)
+    expect.check_params(runs)
+    def same(params):  # precision `auto` is resolved on the train run
+        return {k: v for k, v in params.items() if k != "precision"}
+    assert same(parent.data.params) == same(train_run.data.params)
+    expect.check_config_artifacts(client, runs)
+    expect.check_names_distinct(runs)
+    expect.check_metric_groups(runs)
+    assert {"val/psnr_y", "train/g_loss"} <= set(train_run.data.metrics)
+    expect.check_model_card(client.get_model_version("srgan-celeba", versions[0].version))
     # evaluation metrics on the LoggedModel too: the Models tab compares models
     models = client.search_logged_models(experiment_ids=[exp.experiment_id])
-    scored = [m for m in models if "test_psnr" in {x.key for x in m.metrics or []}]
+    scored = [m for m in models if "test/psnr" in {x.key for x in m.metrics or []}]
     assert len(scored) == 1 and scored[0].source_run_id == train_run.info.run_id

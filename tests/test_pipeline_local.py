@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers_tracking as expect
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = {"ingest", "train", "evaluate", "register"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -83,17 +85,17 @@ def _check_artifacts(result: dict, root: Path) -> None:
     assert result["model_uri"].startswith("models:/")
 
     values = result["metrics_values"]
-    for key in ("test_psnr", "test_ssim", "bicubic_psnr", "bicubic_ssim", "gain_psnr"):
+    for key in ("test/psnr", "test/ssim", "test/bicubic_psnr", "test/bicubic_ssim", "test/gain_psnr"):
         assert math.isfinite(values[key]), key
-    assert 0 < values["test_ssim"] <= 1
-    assert abs(values["gain_psnr"] - (values["test_psnr"] - values["bicubic_psnr"])) < 1e-3
+    assert 0 < values["test/ssim"] <= 1
+    assert abs(values["test/gain_psnr"] - (values["test/psnr"] - values["test/bicubic_psnr"])) < 1e-3
     full = json.loads(Path(result["metrics"]).read_text())  # metrics.json behind the Metrics artifact
-    assert full["test_psnr"] == pytest.approx(values["test_psnr"])
+    assert full["test/psnr"] == pytest.approx(values["test/psnr"])
 
     page = Path(result["report"]).read_text()
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert images and base64.b64decode(images[0]).startswith(PNG_MAGIC)
-    assert "test_psnr" in page
+    assert "test/psnr" in page
     evaluation = Path(result["evaluation"])
     assert (evaluation / "grid.png").read_bytes().startswith(PNG_MAGIC)
     assert (evaluation / "metrics.json").is_file()
@@ -117,13 +119,15 @@ def test_pipeline_local_parent_and_children(mlflow_server, tmp_path, monkeypatch
     assert parent.data.tags.get("srgan.kfp_run_id")  # this KFP run's
     assert parent.info.status == "FINISHED"  # ended by the final task, not at creation
     assert parent.info.run_name == "demo p1+e2 mse bs8"
-    assert parent.data.params["epochs"] == "2" and parent.data.params["registered_model_name"] == model_name
+    assert parent.data.params["epochs"] == "2" and "registered_model_name" not in parent.data.params
     assert "" not in parent.data.params.values()
+    assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}  # the whole Config
+    expect.check_parent(client, parent)  # headline test metrics, version and gate decision
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert {r.data.tags.get("srgan.step") for r in children} == STEPS
     assert len(children) == 4 and len(runs) == 5
     by_step = {r.data.tags["srgan.step"]: r for r in children}
-    assert "test_psnr" in by_step["evaluate"].data.metrics
+    assert "test/psnr" in by_step["evaluate"].data.metrics
 
     version = client.get_model_version(model_name, result["model_version"])
     assert version.name == model_name
@@ -153,7 +157,7 @@ def test_pipeline_local_under_mlflow_plugin_env(mlflow_server, tmp_path, monkeyp
     assert [r.info.run_id for r in runs] == [task_run]  # no parent, no child runs of our own
     assert client.get_experiment_by_name(unused_experiment) is None
     run = client.get_run(task_run)
-    assert "test_psnr" in run.data.metrics and run.data.params["epochs"] == "2"
+    assert "test/psnr" in run.data.metrics and run.data.params["epochs"] == "2"
     version = client.get_model_version(model_name, result["model_version"])
     assert version.run_id == task_run
 

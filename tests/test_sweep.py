@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers_tracking as expect
 from srcore.config import ConfigError, build_config
 from srcore.sweep import TrialResult, comparison_rows, load_trials, pick_best, trial_name
 
@@ -39,18 +40,19 @@ def test_load_trials_from_file_and_refusals(tmp_path):
 
 
 def _result(i, value, uri="runs:/x/m"):
-    return TrialResult(i, f"t{i}", f"r{i}", {"learning_rate": i}, uri, {"test_psnr_y": value, "model": "x"})
+    return TrialResult(i, f"t{i}", f"r{i}", {"learning_rate": i}, uri, {"val/psnr_y": value, "model": "x"})
 
 
 def test_pick_best_by_metric_and_mode():
     results = [_result(0, 20.0), _result(1, 22.5), _result(2, float("nan")), _result(3, 30.0, uri="")]
-    assert pick_best(results, "test_psnr_y", "max").index == 1  # nan and untrained never win
-    assert pick_best(results, "test_psnr_y", "min").index == 0
+    assert build_config("smoke").sweep_metric == "val/psnr_y"  # validation faces pick, never the test split
+    assert pick_best(results, "val/psnr_y", "max").index == 1  # nan and untrained never win
+    assert pick_best(results, "val/psnr_y", "min").index == 0
     with pytest.raises(ValueError, match="sweep_metric"):
-        pick_best(results, "test_lpips")
+        pick_best(results, "test/lpips")
     rows = comparison_rows(results)
-    assert [r["trial"] for r in rows] == [0, 1, 2, 3] and rows[1]["test_psnr_y"] == 22.5
-    assert rows[2]["test_psnr_y"] is None and "model" not in rows[0]
+    assert [r["trial"] for r in rows] == [0, 1, 2, 3] and rows[1]["val/psnr_y"] == 22.5
+    assert rows[2]["val/psnr_y"] is None and "model" not in rows[0]
 
 
 @pytest.mark.slow
@@ -79,19 +81,20 @@ def test_local_sweep_mlflow_structure(smoke_data, tracking, tmp_path):
         assert trial.info.status == "FINISHED"
         assert trial.data.tags["trial.learning_rate"] in ("0.0002", "5e-05")
         assert trial.data.params["learning_rate"] == trial.data.tags["trial.learning_rate"]
-        assert "test_psnr_y" in trial.data.metrics
-        steps = {r.data.tags.get("srgan.step") for r in runs
-                 if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id}
-        assert steps == {"train", "evaluate"}
+        assert {"test/psnr_y", "val/psnr_y"} <= set(trial.data.metrics)
+        children = {r.data.tags.get("srgan.step"): r for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id}
+        assert set(children) == {"train", "evaluate"}
+        assert children["train"].info.run_name == f"train {trial.info.run_name}"  # told apart in the table
 
     assert parent.data.tags["srgan.sweep.best_trial_run_id"] == summary["best_trial_run_id"]
-    best = max(trials, key=lambda r: r.data.metrics["test_psnr_y"])
-    assert summary["best_trial_run_id"] == best.info.run_id
+    best = max(trials, key=lambda r: r.data.metrics["val/psnr_y"])  # picked on validation faces
+    assert summary["best_trial_run_id"] == best.info.run_id and summary["metric"] == "val/psnr_y"
     local = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="sweep/comparison.json",
                                                 dst_path=str(tmp_path / "dl"))
     table = json.loads(Path(local).read_text())
     assert {r["name"] for r in table["trials"]} == {"lr=2e-4,loss=mse", "lr=5e-5,loss=mse"}
-    assert "test_psnr_y" in table["trials"][0]
+    assert {"test/psnr_y", "val/psnr_y"} <= set(table["trials"][0])
     assert "sweep/comparison.csv" in {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
 
     versions = client.search_model_versions("name = 'srgan-sweep-test'")
@@ -99,6 +102,19 @@ def test_local_sweep_mlflow_structure(smoke_data, tracking, tmp_path):
     register_runs = [r for r in runs if r.data.tags.get("srgan.step") == "register"]
     assert len(register_runs) == 1
     assert register_runs[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    # what a person comparing runs sees (issue 17), on this one sweep
+    expect.check_experiment_opens_on_runs(client, exp)
+    expect.check_parent(client, parent, extra=("val/psnr_y",))
+    assert parent.data.metrics["val/psnr_y"] == best.data.metrics["val/psnr_y"]
+    assert parent.data.metrics["test/psnr_y"] == best.data.metrics["test/psnr_y"]  # the best trial's numbers
+    assert parent.data.tags["registered_model_version"] == summary["registered_version"]
+    expect.check_params(runs)
+    assert {r.data.tags.get("srgan.step") for r in runs if r.data.params} == {"sweep", "trial", "train"}
+    expect.check_config_artifacts(client, runs)
+    expect.check_names_distinct(runs)
+    expect.check_metric_groups(runs)
+    expect.check_model_card(versions[0])
 
 
 # ---- the KFP sweep pipeline ----------------------------------------------------------------
@@ -198,11 +214,14 @@ def test_kfp_local_two_trial_sweep(tmp_path):
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
     assert sorted(r.info.run_name for r in trials) == ["lr=2e-4", "lr=5e-5"]
     for trial in trials:
-        assert trial.info.status == "FINISHED" and "test_psnr_y" in trial.data.metrics
+        assert trial.info.status == "FINISHED" and {"test/psnr_y", "val/psnr_y"} <= set(trial.data.metrics)
         children = {r.data.tags.get("srgan.step") for r in runs
                     if r.data.tags.get("mlflow.parentRunId") == trial.info.run_id}
         assert children == {"train", "evaluate"}
     assert parent.data.tags["srgan.sweep.best_trial_run_id"] in {t.info.run_id for t in trials}
+    expect.check_parent(client, parent, extra=("val/psnr_y",))  # the KFP sweep's parent is a row to compare too
+    expect.check_names_distinct(runs)
+    expect.check_metric_groups(runs)
     assert {"sweep/comparison.csv", "sweep/comparison.json"} <= {
         f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
     versions = client.search_model_versions(f"name = '{model_name}'")
