@@ -34,6 +34,8 @@ def _auth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, help="component image (default $SRGAN_IMAGE, or "
                    "$SRGAN_IMAGE_REPOSITORY:<git commit>)")
     p.add_argument("--package", default=None, help="use this compiled YAML instead of compiling")
+    p.add_argument("--skip-version-check", dest="check_version", action="store_false",
+                   help="do not refuse a pipeline the KFP API's version cannot run (pipeline/support.py)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             result = run.submit(args.host, _params(args.param), experiment=args.experiment, run_name=args.run_name,
                                 namespace=args.namespace, image=args.image, package=args.package,
                                 auth=Auth(token_file=args.token_file, cookie=args.cookie), upload=args.upload,
-                                mlflow_plugin=args.mlflow_plugin, pipeline=args.pipeline)
+                                mlflow_plugin=args.mlflow_plugin, pipeline=args.pipeline,
+                                check_version=args.check_version)
             print(result["url"])
         elif args.cmd == "upload":
             result = run.upload(args.host, image=args.image, package=args.package, namespace=args.namespace,
                                 auth=Auth(token_file=args.token_file, cookie=args.cookie),
-                                pipeline_name=args.pipeline_name, version=args.version, pipeline=args.pipeline)
+                                pipeline_name=args.pipeline_name, version=args.version, pipeline=args.pipeline,
+                                check_version=args.check_version)
             print(json.dumps(result))
         else:
             params = {"preset": args.preset, **_params(args.param)}

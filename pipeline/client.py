@@ -128,6 +128,19 @@ def connect(host: str, auth: Auth | None = None, namespace: str | None = None):
     return client, wanted
 
 
+def server_tag(client) -> str | None:
+    """The API server's version, `tag_name` of GET /apis/v2beta1/healthz (e.g. '2.5.0'),
+    read raw: kfp_server_api's healthz model drops that field. None when absent."""
+    with quiet_stdout():
+        response = client._healthz_api.healthz_service_get_healthz(_preload_content=False)
+    try:
+        body = json.loads(response.data or b"{}")
+    except ValueError:
+        return None
+    tag = body.get("tag_name") if isinstance(body, dict) else None
+    return str(tag) if tag not in (None, "") else None
+
+
 def _filter(name: str) -> str:
     # the same filter kfp.Client.get_pipeline_id sends (operation 1 = EQUALS)
     return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})

@@ -22,10 +22,14 @@ branch into `mount_pvc`), hence a compile-time choice. The KFP artifacts stay sm
 pointers (volume path and content hash in their metadata). Under kfp.local (no volume)
 `volume_root` is a local folder.
 
-Train checkpoints to `<volume_root>/runs/<KFP run id>/model` (or `checkpoint_dir`, to
+Train checkpoints to `<volume_root>/runs/<run key>/model` (or `checkpoint_dir`, to
 resume across pipeline runs) and has a retry policy and a timeout: a retried pod
-resumes from its last checkpoint into the same MLflow run. The exit task `finish` ends
-the MLflow parent run FAILED or FINISHED with the KFP run id tagged.
+resumes from its last checkpoint into the same MLflow run. The run key is the
+`run_key` parameter (`python -m pipeline submit` always sets one), else the KFP run id
+(srcore.kfp_glue.run_key: KFP before 2.5 leaves that placeholder unresolved). The exit
+task `finish` ends the MLflow parent run (tagged with the run key) FAILED or FINISHED
+as the steps' own MLflow runs say: it takes no PipelineTaskFinalStatus, so the pipeline
+runs on KFP 2.2+ (the support matrix: pipeline/support.py).
 """
 
 
@@ -240,9 +244,11 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
         deploy: str = "false",
         deploy_namespace: str = "",
         deploy_service_name: str = "",
+        run_key: str = "",
     ) -> PipelineOutputs:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id)
+        finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id, run_key=run_key,
+                                 final_step="register")
         _resources(finish, s.register).set_caching_options(False)
         platform(finish)
 
@@ -263,7 +269,7 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
                 epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, content_loss=content_loss,
                 registered_model_name=registered_model_name, experiment_name=experiment_name,
                 require_gpu=require_gpu, mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id,
-                volume_root=volume_root, checkpoint_dir=checkpoint_dir,
+                volume_root=volume_root, checkpoint_dir=checkpoint_dir, run_key=run_key,
             )
             # it opens this KFP run's MLflow parent run, and re-ingest on the volume is a
             # no-op when the manifest matches: never cached

@@ -2,10 +2,12 @@
 
 - `compile_pipeline(out, image)`: the pipeline YAML for a cluster (refuses without a
   real image, see components._common.resolve_image).
-- `submit(host, params, ...)`: preflight the parameters (pipeline.preflight), compile,
-  and create a run in the user's namespace (pipeline.client: credentials, namespace);
-  `upload=True` first uploads it as a named pipeline version (the git commit).
-- `upload(host, ...)`: only the named, versioned upload.
+- `submit(host, params, ...)`: preflight the parameters (pipeline.preflight), check the
+  API server's version against the support matrix (pipeline.support), compile, and
+  create a run in the user's namespace (pipeline.client: credentials, namespace);
+  `upload=True` first uploads it as a named pipeline version (the git commit). Every run
+  gets a `run_key` (its folders on the volume, its MLflow parent run) unless one is given.
+- `upload(host, ...)`: only the version check and the named, versioned upload.
 - `run_local(params, root)`: the whole DAG here with kfp.local.SubprocessRunner(use_venv=False);
   every output (pipeline_root, workspace, temp files) stays under `root`.
 """
@@ -13,15 +15,17 @@
 import json
 import logging
 import os
+import re
 import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from components._common import LOCAL_IMAGE, checkout_commit, resolve_image
 from pipeline import client as kfp_client
-from pipeline import preflight
+from pipeline import preflight, support
 from pipeline.dag import PIPELINE_NAME, build_pipeline
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,28 @@ def pipeline_kind(kind: str) -> tuple[str, Callable, Callable]:
     return PIPELINE_NAME, build_pipeline, compile_pipeline
 
 
+def new_run_key(run_name: str) -> str:
+    """A run key unique to this submission: the run name made folder-safe plus a random
+    suffix (two runs of one name never share checkpoints; pass -p run_key=<key> to resume
+    an earlier run's training)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip("-._")[:80] or "run"
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
+def check_server(client, pipeline: str, host: str, package: Path | None = None) -> None:
+    """Refuse, before anything is created, a pipeline this KFP API cannot run
+    (pipeline.support.check_backend; a given package is judged by its own IR)."""
+    import yaml
+
+    features = None
+    if package is not None:
+        features = support.ir_features(next(yaml.safe_load_all(Path(package).read_text())))
+    tag = kfp_client.server_tag(client)
+    version = support.check_backend(pipeline, tag, host, features)
+    if version:
+        log.info("KFP API %s is %s: runs the %s pipeline", host, support.fmt(version), pipeline)
+
+
 def _package_and_defaults(package: str | os.PathLike | None, builder: Callable) -> tuple[Path | None, dict[str, str]]:
     """(the given package or None, the parameter defaults it will run with)."""
     if package:
@@ -86,18 +112,27 @@ def submit(
     upload: bool = False,
     mlflow_plugin: bool | None = None,
     pipeline: str = "main",
+    check_version: bool = True,
 ) -> dict[str, str]:
-    """Create a run on the KFP API at `host`; returns {"run_id", "url"} (+ pipeline ids
-    with `upload`). Parameters are checked (pipeline.preflight) before anything is
-    compiled or sent."""
+    """Create a run on the KFP API at `host`; returns {"run_id", "url", "run_key"} (+
+    pipeline ids with `upload`). Parameters are checked (pipeline.preflight) before
+    anything is compiled or sent, the server's version before anything is created."""
+    from srcore.kfp_glue import run_key as check_run_key
+
     auth = auth or kfp_client.Auth(token=token)
     pipeline_name, builder, compile_fn = pipeline_kind(pipeline)
+    name = run_name or f"{pipeline_name} {time.strftime('%Y-%m-%d %H-%M-%S')}"
     with tempfile.TemporaryDirectory(prefix="srgan-submit-") as tmp:
         path, defaults = _package_and_defaults(package, builder)
         arguments, _ = preflight.check_run(params or {}, defaults, cluster=True, mlflow_plugin=mlflow_plugin)
-        path = path or compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
+        if "run_key" in defaults:  # a package compiled before run_key existed has none
+            arguments["run_key"] = check_run_key(arguments.get("run_key") or new_run_key(name))
+        if not path:
+            resolve_image(image)  # refused before any request
         client, ns = kfp_client.connect(host, auth, namespace)
-        name = run_name or f"{pipeline_name} {time.strftime('%Y-%m-%d %H-%M-%S')}"
+        if check_version:
+            check_server(client, pipeline, host, path)
+        path = path or compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
         with kfp_client.quiet_stdout():
             exp = client.create_experiment(experiment or "Default", namespace=ns)
         result: dict[str, str] = {}
@@ -111,9 +146,10 @@ def submit(
         with kfp_client.quiet_stdout():
             run = client.run_pipeline(exp.experiment_id, name, params=arguments, **source)
     url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
-    log.info("created run %s in experiment %s%s", run.run_id, experiment or "Default",
-             f" (namespace {ns})" if ns else "")
-    return {"run_id": run.run_id, "url": url, **result}
+    log.info("created run %s in experiment %s%s, run key %s (resubmit with -p run_key=%s to resume its training)",
+             run.run_id, experiment or "Default", f" (namespace {ns})" if ns else "", arguments.get("run_key", "-"),
+             arguments.get("run_key", "-"))
+    return {"run_id": run.run_id, "url": url, "run_key": arguments.get("run_key", ""), **result}
 
 
 def upload(
@@ -125,6 +161,7 @@ def upload(
     pipeline_name: str | None = None,
     version: str | None = None,
     pipeline: str = "main",
+    check_version: bool = True,
 ) -> dict[str, str]:
     """Upload the `pipeline` (main or sweep) as version `version` (default: the git
     commit) of `pipeline_name` (default: its own name); returns {"pipeline_id",
@@ -133,8 +170,12 @@ def upload(
     pipeline_name = pipeline_name or default_name
     version = version or kfp_client.version_name(checkout_commit())
     with tempfile.TemporaryDirectory(prefix="srgan-upload-") as tmp:
-        path = Path(package) if package else compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
+        if not package:
+            resolve_image(image)  # refused before any request
         client, ns = kfp_client.connect(host, auth, namespace)
+        if check_version:
+            check_server(client, pipeline, host, Path(package) if package else None)
+        path = Path(package) if package else compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
         pipeline_id, version_id = kfp_client.upload(client, path, pipeline_name, version, namespace=ns)
     return {"pipeline_id": pipeline_id, "pipeline_version_id": version_id, "version": version}
 

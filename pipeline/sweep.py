@@ -2,7 +2,7 @@
 then pick the best trial and register only it.
 
     ingest -> sweep-trials: ParallelFor(trials, parallelism): start_trial -> train -> evaluate
-                            -> pick_best (dsl.Collected over the trials; registers through the gate)
+           -> pick_best (after sweep-trials, whatever its fate; registers through the gate)
 
 `trials` is a JSON list parameter of Config overrides (learning rates x content losses
 by default). Each iteration's MLflow run is a child of the pipeline's parent run and
@@ -10,13 +10,22 @@ holds its train and evaluate runs (srcore/sweep.py has the structure). Compile i
 `python -m pipeline compile --pipeline sweep --out sweep.yaml`; `parallelism` is a
 compile-time setting (KFP fixes it in the IR), default 2 or `$SRGAN_SWEEP_PARALLELISM`.
 
-Cluster settings, the shared volume (the existing claim `pvc_name`), the MLflow Secret
-and the exit task that ends the parent run are the main pipeline's (pipeline/dag.py).
-Each trial trains into its own folder under the KFP run's model_dir on the volume.
+Cluster settings, the shared volume (the existing claim `pvc_name`), the MLflow Secret,
+the run key and the exit task that ends the parent run are the main pipeline's
+(pipeline/dag.py). Each trial trains into its own folder under the run's model_dir.
+
+A failed trial does not stop the sweep: pick_best runs after the trials whatever their
+fate (`ignore_upstream_failure`) and reads them from MLflow (the trial runs under the
+parent run), not from the loop's outputs: no `dsl.Collected`, which KFP needs 2.14 for.
+It picks among the trials that have a model and metrics, and ends every run a failed
+trial left RUNNING. (On a cluster Argo stops starting further iterations after a
+failure, its DAG failFast; the ones running finish.) The minimum backend is 2.5
+(pipeline/support.py).
 """
 
 import os
 from pathlib import Path
+from typing import List
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input
@@ -59,11 +68,14 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
         if cluster:
             apply_platform(task, s, gpu=gpu, volume=volume)
 
-    # The trials and the pick live in a pipeline of their own, called with ingest's outputs:
-    # inside it those are pipeline inputs. (kfp.local 2.17 hands a ParallelFor the loop item
-    # in place of every upstream *task output* it consumes; a cluster runs both forms alike.)
+    # The trials live in a pipeline of their own, called with ingest's outputs: inside it
+    # those are pipeline inputs. (kfp.local 2.17 hands a ParallelFor the loop item in place
+    # of every upstream *task output* it consumes; a cluster runs both forms alike.) It is
+    # also one task that pick_best can run after, failed or not.
+    # `List[dict]`: each loop item is a STRUCT, as start_trial's `trial: dict` declares
+    # (a bare `list` makes it a STRING, which the KFP driver refuses; pipeline/support.py).
     @dsl.pipeline(name="srgan-sweep-trials")
-    def sweep_trials(trials: list, config_json: str, parent_run_id: str, manifest_hash: str, dataset: Input[Dataset],
+    def sweep_trials(trials: List[dict], config_json: str, parent_run_id: str, dataset: Input[Dataset],
                      mlflow_tracking_uri: str, pvc_name: str):
         with dsl.ParallelFor(trials, parallelism=parallelism) as trial:
             opened = glue["start_trial"](config_json=config_json, trial=trial, trials=trials,
@@ -86,22 +98,11 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
             _resources(evaluate, s.evaluate).set_caching_options(False)
             platform(evaluate, volume=pvc_name)
 
-        pick = glue["pick_best"](
-            trial_run_ids=dsl.Collected(opened.outputs["trial_run_id"]),
-            metrics=dsl.Collected(evaluate.outputs["metrics"]),
-            config_json=config_json, manifest_hash=manifest_hash,
-            mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=parent_run_id,
-        )
-        _resources(pick, s.register).set_caching_options(False)
-        # idempotent: the registry returns the existing version for the same model URI
-        pick.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
-        platform(pick)
-
     # Known repeat (`duplicates`): these parameters spell out srcore.kfp_glue.PIPELINE_CONFIG_PARAMS
     # like pipeline/dag.py and components/ingest.py, because KFP reads explicit signatures;
     # tests/test_steps.py keeps them equal.
     def srgan_sweep(
-        trials: list = DEFAULT_TRIALS,
+        trials: List[dict] = DEFAULT_TRIALS,
         source: str = "",
         limit: str = "",
         test_count: str = "",
@@ -117,9 +118,11 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
         mlflow_tracking_uri: str = s.mlflow_tracking_uri,
         volume_root: str = s.volume_mount if cluster else local_volume_root(),
         pvc_name: str = s.pvc_name,
+        run_key: str = "",
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id)
+        finish = comps["finish"](mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id, run_key=run_key,
+                                 final_step="register")
         _resources(finish, s.register).set_caching_options(False)
         platform(finish)
 
@@ -129,15 +132,23 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
                 epochs=epochs, pretrain_epochs=pretrain_epochs, batch_size=batch_size, content_loss=content_loss,
                 registered_model_name=registered_model_name, experiment_name=experiment_name,
                 require_gpu=require_gpu, mlflow_tracking_uri=mlflow_tracking_uri, pipeline_run_id=run_id,
-                volume_root=volume_root, checkpoint_dir="",
+                volume_root=volume_root, checkpoint_dir="", run_key=run_key,
             )
             _resources(ingest, s.ingest).set_caching_options(False)
             ingest.set_retry(num_retries=s.ingest_retries, backoff_duration="60s", backoff_factor=2.0)
             platform(ingest, volume=pvc_name)
-            return sweep_trials(trials=trials, config_json=ingest.outputs["config_json"],
-                                parent_run_id=ingest.outputs["parent_run_id"],
-                                manifest_hash=ingest.outputs["content_hash"], dataset=ingest.outputs["dataset"],
-                                mlflow_tracking_uri=mlflow_tracking_uri, pvc_name=pvc_name)
+            trial_tasks = sweep_trials(trials=trials, config_json=ingest.outputs["config_json"],
+                                       parent_run_id=ingest.outputs["parent_run_id"], dataset=ingest.outputs["dataset"],
+                                       mlflow_tracking_uri=mlflow_tracking_uri, pvc_name=pvc_name)
+            pick = glue["pick_best"](
+                config_json=ingest.outputs["config_json"], manifest_hash=ingest.outputs["content_hash"],
+                mlflow_tracking_uri=mlflow_tracking_uri, parent_run_id=ingest.outputs["parent_run_id"],
+            ).after(trial_tasks).ignore_upstream_failure()
+            _resources(pick, s.register).set_caching_options(False)
+            # idempotent: the registry returns the existing version for the same model URI
+            pick.set_retry(num_retries=s.register_retries, backoff_duration="30s", backoff_factor=2.0)
+            platform(pick)
+            return pick
 
         if cluster:
             with dsl.ExitHandler(finish, name="srgan-sweep-steps"):

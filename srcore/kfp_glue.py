@@ -10,13 +10,16 @@ run from the project's image (a lightweight component embeds only its own functi
   (srcore.volume).
 - `connect`: the MLflow tracking URI and the pipeline's parent run (the protocol itself
   is srcore.tracking's).
-- `finish`: the exit task's end of the parent run.
+- `run_key`: the key of one pipeline run (its folders on the volume, its MLflow parent
+  run): the `run_key` parameter, else the KFP run id when the backend resolved it.
+- `finish`: the exit task's end of the parent run, FAILED or FINISHED from the steps'
+  own MLflow runs (no PipelineTaskFinalStatus: KFP before 2.14 refuses it).
 - `scalar_metrics`, `write_metrics`, `read_metrics`, `html_report`: evaluation results
   as a KFP Metrics artifact and an HTML page with the sample grid embedded.
 
 Shared volume layout (`volume_root`, /mnt/srgan on a cluster, any local folder under
 kfp.local): `data/<name>-<key>/` the ingest output (key: hash of what shapes the
-data), `cache/` downloads and weights, `runs/<KFP run id>/model/` (or `checkpoint_dir`)
+data), `cache/` downloads and weights, `runs/<run key>/model/` (or `checkpoint_dir`)
 the training folder with its checkpoints, so a retried or rerun train resumes.
 """
 
@@ -29,11 +32,12 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from srcore import tracking
-from srcore.config import Config, apply_overrides, build_config, config_from_json, json_object, require_source
+from srcore.config import Config, ConfigError, apply_overrides, build_config, config_from_json, json_object, require_source
 from srcore.data.sources import redact_url
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,11 @@ PIPELINE_CONFIG_PARAMS = ("source", "limit", "test_count", "epochs", "pretrain_e
 STEP_PARAMS = ("config_json", "mlflow_tracking_uri", "parent_run_id")
 # The first step (ingest) resolves the Config from the pipeline's parameters instead.
 FIRST_STEP_PARAMS = ("preset", "config_overrides", *PIPELINE_CONFIG_PARAMS, "mlflow_tracking_uri", "pipeline_run_id",
-                     "volume_root", "checkpoint_dir")
+                     "volume_root", "checkpoint_dir", "run_key")
+# A run key names a folder and is a tag value: short, no path separators.
+RUN_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Step runs whose failure does not fail the pipeline (a sweep goes on without a failed trial).
+TOLERATED_STEPS = ("trial",)
 # Fields that decide the ingest output; their hash names its folder on the volume.
 DATA_KEY_FIELDS = ("source", "limit", "test_count", "showcase_count", "partition_file", "sha256", "hr_size",
                    "max_pixels", "shard_size")
@@ -144,15 +152,98 @@ def connect(cfg: Config, mlflow_tracking_uri: str = "", parent_run_id: str = "",
     return parent
 
 
-def finish(mlflow_tracking_uri: str, pipeline_run_id: str, state: str, error: str = "") -> list[str]:
-    """The exit task: end this KFP run's parent run FAILED unless every step SUCCEEDED."""
+def run_key(key: str = "", pipeline_run_id: str = "") -> str:
+    """The key of this pipeline run: `key` (the run_key parameter) when given, else the
+    KFP run id. KFP backends before 2.5 pass `{{$.pipeline_job_uuid}}` through unresolved
+    (kubeflow/pipelines #11599, CHANGELOG 2.5.0): every run would share one key, so one
+    run would resume another's checkpoints. Refused then, naming the fix. '' = no KFP
+    run (a local call)."""
+    key = (key or "").strip()
+    if key:
+        if not RUN_KEY_PATTERN.match(key):
+            raise ConfigError(f"invalid parameter run_key={key!r}: use up to 100 letters, digits, '.', '_' or '-' "
+                              "(it names the run's folder on the volume)")
+        return key
+    run_id = (pipeline_run_id or "").strip()
+    if "{{" in run_id:
+        raise ConfigError(
+            f"invalid parameter run_key='': this KFP backend passed the run id through unresolved ({run_id}; KFP "
+            "before 2.5 does), so runs could not be told apart: set run_key to a name unique to this run "
+            "(python -m pipeline submit sets one)")
+    return run_id
+
+
+def pipeline_outcome(parent_run_id: str, final_step: str = "register") -> tuple[bool, str]:
+    """(failed, why) of the pipeline under `parent_run_id`, from its steps' own MLflow
+    runs: a step fails its run (srcore.tracking.step_run) and a killed pod leaves it
+    RUNNING. The newest run of each step counts (a retried step succeeds on its last
+    attempt); `final_step` must have FINISHED; TOLERATED_STEPS never fail the pipeline."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000)
+    newest: dict[str, Any] = {}
+    for child in children:
+        newest.setdefault(child.data.tags.get(tracking.STEP_TAG, ""), child)
+    bad = [f"{step} {run.info.status}" for step, run in sorted(newest.items())
+           if step not in TOLERATED_STEPS and run.info.status != "FINISHED"]
+    if final_step and final_step not in newest:
+        bad.append(f"{final_step} never ran")
+    return bool(bad), "; ".join(bad) or "every step finished"
+
+
+def end_running_children(parent_run_id: str, status: str = "FAILED") -> list[str]:
+    """End the RUNNING runs under `parent_run_id`, recursively (a killed pod's step run,
+    a failed trial's runs): nothing of a finished pipeline stays RUNNING."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_run(parent_run_id).info.experiment_id
+    ended: list[str] = []
+    for child in client.search_runs([exp], f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'", max_results=1000):
+        ended += end_running_children(child.info.run_id, status)
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, status)
+            ended.append(child.info.run_id)
+    return ended
+
+
+def finish(mlflow_tracking_uri: str, pipeline_run_id: str, key: str = "", final_step: str = "register") -> list[dict]:
+    """The exit task: end this run's RUNNING parent run(s) FAILED or FINISHED, as the
+    steps' own MLflow runs say (`pipeline_outcome`), and any run left RUNNING under them
+    FAILED. Returns [{"run_id", "failed", "why"}] per parent."""
     tracking.configure_logging()
     if tracking.plugin_run_id():
         return []
     if mlflow_tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
-    failed = str(state).upper() not in ("SUCCEEDED", "SUCCESS", "FINISHED")
-    return tracking.finish_parent(pipeline_run_id, failed, f"{state} {error}".strip())
+    try:
+        key = run_key(key, pipeline_run_id)
+    except ConfigError as e:
+        log.warning("no parent run to end: %s", e)
+        return []
+    if not key:
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parents = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=(
+        f"tags.`{tracking.KFP_RUN_TAG}` = '{key}' and tags.`{tracking.STEP_TAG}` = 'pipeline' "
+        "and attributes.status = 'RUNNING'"))
+    out = []
+    for parent in parents:
+        failed, why = pipeline_outcome(parent.info.run_id, final_step)
+        end_running_children(parent.info.run_id)
+        client.set_tag(parent.info.run_id, "srgan.pipeline_status", why[:tracking.PARAM_LIMIT])
+        client.set_terminated(parent.info.run_id, "FAILED" if failed else "FINISHED")
+        log.info("parent run %s of run %s ended %s: %s", parent.info.run_id, key, "FAILED" if failed else "FINISHED",
+                 why)
+        out.append({"run_id": parent.info.run_id, "failed": failed, "why": why})
+    if not parents:
+        log.warning("no RUNNING parent run tagged %s=%s (ingest failed before opening it?)", tracking.KFP_RUN_TAG, key)
+    return out
 
 
 def artifact_metadata(path: str, content_hash: str = "", **extra: Any) -> dict[str, Any]:

@@ -191,6 +191,21 @@ def start_kfp_trial(cfg: Config, parent_run_id: str, trials: Sequence[Mapping[st
     return run_id, json.dumps(trial_overrides(cfg, mine, index, folder=""), sort_keys=True), trial_name(mine)
 
 
+def trial_run_ids(parent_run_id: str) -> list[str]:
+    """The trial runs under a sweep's parent run, in trial order (the KFP pick-best step
+    reads the trials from MLflow, not from the loop's outputs: a failed trial is there
+    too, without results)."""
+    import mlflow
+
+    from srcore import tracking
+
+    client = mlflow.MlflowClient()
+    exp = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp], f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}' and "
+                              f"tags.`{tracking.STEP_TAG}` = 'trial'", max_results=1000)
+    return [r.info.run_id for r in sorted(runs, key=lambda r: int(r.data.tags.get(TRIAL_INDEX_TAG, "0")))]
+
+
 def collect_trial(trial_run_id: str) -> TrialResult:
     """A finished trial read back from MLflow: its train child's model URI and its
     evaluate child's metrics.json (what the KFP pick-best step gets from each trial)."""
@@ -300,6 +315,9 @@ def finish_sweep(cfg: Config, parent_run_id: str, results: Sequence[TrialResult]
         for i in range(0, len(scalars), 500):
             client.log_batch(r.run_id, metrics=scalars[i:i + 500])
         if client.get_run(r.run_id).info.status == "RUNNING":  # KFP: start_trial left it open
+            from srcore.kfp_glue import end_running_children
+
+            end_running_children(r.run_id)  # a failed trial's train/evaluate run a killed pod left RUNNING
             client.set_terminated(r.run_id, "FINISHED" if r.model_uri and r.metrics else "FAILED")
 
     best = pick_best(results, cfg.sweep_metric, cfg.gate_mode)

@@ -109,7 +109,7 @@ def test_pipeline_parameters(compiled):
     expected = {"source", "limit", "test_count", "epochs", "pretrain_epochs", "batch_size", "content_loss", "preset",
                 "mlflow_tracking_uri", "experiment_name", "registered_model_name", "config_overrides", "require_gpu",
                 "volume_root", "checkpoint_dir", "pvc_name", "pvc_size", "storage_class", "delete_pvc",
-                "deploy", "deploy_namespace", "deploy_service_name"}
+                "deploy", "deploy_namespace", "deploy_service_name", "run_key"}
     assert set(params) == expected
     assert all(p["parameterType"] == "STRING" for p in params.values())
     assert params["preset"]["defaultValue"] == "seed"
@@ -275,10 +275,15 @@ def test_volume_retry_gpu_and_exit_handler_in_compiled_ir(tmp_path):
     finish = root["finish"]
     assert finish["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert finish["dependentTasks"] == handlers
-    status_inputs = spec["components"]["comp-finish"]["inputDefinitions"]["parameters"]
-    assert status_inputs["status"]["parameterType"] == "TASK_FINAL_STATUS"
+    # no PipelineTaskFinalStatus (KFP < 2.14 refuses the run): finish reads the steps' MLflow runs
+    finish_inputs = spec["components"]["comp-finish"]["inputDefinitions"]["parameters"]
+    assert all(p["parameterType"] != "TASK_FINAL_STATUS" for p in finish_inputs.values())
     assert root["finish"]["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == \
         "{{$.pipeline_job_uuid}}"
+    # the run key every version resolves: a pipeline parameter (submit always sets it)
+    assert root["finish"]["inputs"]["parameters"]["run_key"]["componentInputParameter"] == "run_key"
+    ingest = _tasks(spec)["ingest"]["inputs"]["parameters"]
+    assert ingest["run_key"]["componentInputParameter"] == "pipelinechannel--run_key"
 
 
 def test_created_claim_is_mounted_and_deleted_on_request(tmp_path):
@@ -328,8 +333,9 @@ def test_metrics_and_html(tmp_path):
 
 
 def test_pipeline_parent_run_lifecycle(tracking, monkeypatch):
-    """Without the plugin: ingest opens a RUNNING parent tagged with the KFP run id; later
-    steps join it as children; the exit task ends it FAILED or FINISHED."""
+    """Without the plugin: ingest opens a RUNNING parent tagged with the run key; later
+    steps join it as children; the exit task ends it FAILED or FINISHED from the steps'
+    own runs (no PipelineTaskFinalStatus), and nothing under it stays RUNNING."""
     import mlflow
 
     from srcore import tracking as tr
@@ -345,21 +351,151 @@ def test_pipeline_parent_run_lifecycle(tracking, monkeypatch):
     assert run.info.run_name == "demo p1+e2 mse bs8"
     try:
         assert connect(cfg, tracking, parent) == parent  # train, evaluate, register
+        with tr.step_run(cfg, "ingest"):
+            pass
+        with pytest.raises(RuntimeError):  # train fails on its first attempt ...
+            with tr.step_run(cfg, "train"):
+                raise RuntimeError("OOM")
+        with tr.step_run(cfg, "train"):  # ... and succeeds on its retry
+            pass
         with tr.step_run(cfg, "register") as child:
             pass
         child = client.get_run(child.info.run_id)
         assert child.data.tags["mlflow.parentRunId"] == parent and child.info.experiment_id == run.info.experiment_id
         assert child.info.run_name == "register demo p1+e2 mse bs8"
-        assert finish(tracking, "kfp-run-1", "FAILED", "train: OOMKilled") == [parent]
+        # a killed pod's evaluate run stays RUNNING: the pipeline failed, and the run is ended
+        killed = client.create_run(run.info.experiment_id, tags={tr.PARENT_TAG: parent, tr.STEP_TAG: "evaluate"})
+        (ended,) = finish(tracking, "{{$.pipeline_job_uuid}}", "kfp-run-1")  # KFP < 2.5: the key is run_key
+        assert ended["failed"] and ended["why"] == "evaluate RUNNING"
         assert client.get_run(parent).info.status == "FAILED"
+        assert client.get_run(killed.info.run_id).info.status == "FAILED"
+        assert finish(tracking, "kfp-run-1") == []  # ended parents are left alone
+
         other = connect(cfg, tracking, pipeline_run_id="kfp-run-2", first=True)
-        assert finish(tracking, "kfp-run-2", "SUCCEEDED") == [other]
-        assert client.get_run(other).info.status == "FINISHED"
+        with tr.step_run(cfg, "train"):
+            pass
+        (ended,) = finish(tracking, "kfp-run-2")  # register never ran
+        assert ended["failed"] and "register never ran" in ended["why"]
+        third = connect(cfg, tracking, pipeline_run_id="kfp-run-3", first=True)
+        for step in ("ingest", "train", "evaluate", "register"):
+            with tr.step_run(cfg, step):
+                pass
+        assert finish(tracking, "kfp-run-3") == [{"run_id": third, "failed": False, "why": "every step finished"}]
+        assert client.get_run(third).info.status == "FINISHED" and client.get_run(other).info.status == "FAILED"
+        assert finish(tracking, "{{$.pipeline_job_uuid}}") == []  # no key: nothing to end, nothing wrong ended
     finally:
         tr.join_parent("")
     # KFP's MLflow plugin: nothing is created or changed
     monkeypatch.setenv("MLFLOW_RUN_ID", "plugin-run")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    assert connect(cfg, "http://ignored:5000", "", "kfp-run-3", first=True) == ""
+    assert connect(cfg, "http://ignored:5000", "", "kfp-run-4", first=True) == ""
     assert os.environ["MLFLOW_TRACKING_URI"] == tracking
-    assert finish("http://ignored:5000", "kfp-run-3", "FAILED") == []
+    assert finish("http://ignored:5000", "kfp-run-4") == []
+
+
+def test_run_key_exists_on_every_backend():
+    """KFP before 2.5 passes {{$.pipeline_job_uuid}} through literally (#11599): every run
+    would share runs/{{$.pipeline_job_uuid}}/model. The run key is run_key, else the
+    resolved run id; an unresolved one without run_key is refused, naming the fix."""
+    from srcore.config import ConfigError
+    from srcore.kfp_glue import pipeline_config, run_key
+
+    assert run_key("nightly-1a2b", "{{$.pipeline_job_uuid}}") == "nightly-1a2b"
+    assert run_key("", "7c0e5e9e-uuid") == "7c0e5e9e-uuid"  # KFP >= 2.5 resolved it
+    assert run_key("", "") == ""  # not a KFP run
+    with pytest.raises(ConfigError, match="run_key=''.*KFP before 2.5.*submit sets one"):
+        run_key("", "{{$.pipeline_job_uuid}}")
+    with pytest.raises(ConfigError, match="run_key='../x'"):
+        run_key("../x")
+    cfg = pipeline_config("smoke", "", "/mnt/srgan", run_key("a-1", "{{$.pipeline_job_uuid}}"))
+    assert cfg.model_dir == "/mnt/srgan/runs/a-1/model"
+
+
+# ---- the support matrix and the IR type check --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_irs(tmp_path_factory):
+    """Every pipeline as a cluster compiles it: main and sweep, each with and without
+    SRGAN_CREATE_PVC=true (read from the environment like `python -m pipeline compile`)."""
+    from kfp import compiler
+
+    from pipeline.dag import ClusterSettings, build_pipeline
+    from pipeline.sweep import build_sweep_pipeline
+
+    out, tmp = {}, tmp_path_factory.mktemp("irs")
+    mp = pytest.MonkeyPatch()
+    try:
+        for create in ("false", "true"):
+            mp.setenv("SRGAN_CREATE_PVC", create)
+            for name, build in (("main", build_pipeline), ("sweep", build_sweep_pipeline)):
+                path = tmp / f"{name}-{create}.yaml"
+                compiler.Compiler().compile(build(image="registry.example/srgan:abc", cluster=True,
+                                                  settings=ClusterSettings.from_env()), str(path))
+                out[(name, create)] = next(yaml.safe_load_all(path.read_text()))
+    finally:
+        mp.undo()
+    assert any("createpvc" in spec["root"]["dag"]["tasks"] for spec in out.values())
+    return out
+
+
+def test_every_pipeline_passes_the_ir_type_check(compiled_irs):
+    """For every task input fed by another task's output, a loop item or a pipeline
+    parameter, the declared types match (the KFP driver checks them; kfp.local does not)."""
+    from pipeline.support import type_mismatches
+
+    for key, spec in compiled_irs.items():
+        assert type_mismatches(spec) == [], key
+    # the sweep's loop item is the STRUCT start_trial takes (a bare `list` made it a STRING)
+    sweep = compiled_irs[("sweep", "false")]
+    body = next(c for n, c in sweep["components"].items() if n.startswith("comp-for-loop"))
+    items = [t for t, p in body["inputDefinitions"]["parameters"].items() if t.endswith("-loop-item")]
+    assert [body["inputDefinitions"]["parameters"][i]["parameterType"] for i in items] == ["STRUCT"]
+
+
+def test_ir_type_check_catches_a_loop_item_of_the_wrong_type(tmp_path):
+    """The sweep's old bug, in a pipeline of its own: `trials: list` feeding `trial: dict`."""
+    from kfp import compiler
+
+    from pipeline.support import type_mismatches
+    from helpers_ir_pipelines import loop_item_mismatch
+
+    out = tmp_path / "wrong.yaml"
+    compiler.Compiler().compile(loop_item_mismatch, str(out))
+    spec = next(yaml.safe_load_all(out.read_text()))
+    (problem,) = type_mismatches(spec)
+    assert "parameter trial is STRUCT" in problem and "loop-item" in problem and problem.endswith("is STRING")
+    # the check compares the declared types: a consumer declaring STRING would pass
+    comp = next(c for n, c in spec["components"].items() if n.startswith("comp-takes-dict"))
+    comp["inputDefinitions"]["parameters"]["trial"]["parameterType"] = "STRING"
+    assert type_mismatches(spec) == []
+
+
+def test_support_matrix_is_what_the_ir_uses(compiled_irs):
+    """pipeline/support.py's table: the main pipeline uses no IR feature KFP 2.2 lacks
+    (no PipelineTaskFinalStatus, no dsl.Collected); the sweep's minimum is forced by what
+    its IR uses; the features older backends drop silently are listed as such."""
+    from pipeline.support import DEGRADED, FEATURES, FLOOR, SUPPORT, ir_features, required_version
+
+    for (name, _), spec in compiled_irs.items():
+        features = ir_features(spec)
+        assert required_version(features) == (SUPPORT[name].min_version, SUPPORT[name].forced_by), name
+        assert {f for f in features if not FEATURES[f].hard} == set(DEGRADED[name]), name
+    main = ir_features(compiled_irs[("main", "false")])
+    assert not {f for f in main if FEATURES[f].hard} and SUPPORT["main"].min_version == FLOOR == (2, 2, 0)
+    assert "task_final_status" not in main and "collected" not in ir_features(compiled_irs[("sweep", "false")])
+
+
+def test_ir_features_detect_final_status_and_collected(tmp_path):
+    """The scanner sees what forces KFP 2.14: an exit task taking PipelineTaskFinalStatus and
+    a fan-in with dsl.Collected (what the pipelines used before)."""
+    from kfp import compiler
+
+    from pipeline.support import ir_features, required_version
+    from helpers_ir_pipelines import needs_kfp_2_14
+
+    out = tmp_path / "old.yaml"
+    compiler.Compiler().compile(needs_kfp_2_14, str(out))
+    features = ir_features(next(yaml.safe_load_all(out.read_text())))
+    assert {"task_final_status", "collected", "exit_handler"} <= features
+    assert required_version(features) == ((2, 14, 0), ("collected", "task_final_status"))

@@ -4,6 +4,7 @@ kfp.Client sends (experiment, run creation with the parameters and the pipeline 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,11 +24,13 @@ SMOKE = ["-p", "preset=smoke", "-p", "mlflow_tracking_uri=http://mlflow.mlflow:5
 
 
 class _KfpApi(BaseHTTPRequestHandler):
-    """Minimal v2beta1 answers: healthz (single- or multi-user), experiments (list empty,
-    create), runs (create), pipelines (list, upload, upload_version, list versions)."""
+    """Minimal v2beta1 answers: healthz (single- or multi-user, the server's `tag_name`),
+    experiments (list empty, create), runs (create), pipelines (list, upload,
+    upload_version, list versions)."""
 
     requests: list[dict] = []
     multi_user = False
+    tag_name: str | None = "2.14.0"
     pipelines: list[dict] = []
     versions: list[dict] = []
 
@@ -55,7 +58,8 @@ class _KfpApi(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         req = self._record()
         if req["path"] == "/apis/v2beta1/healthz":
-            self._reply(200, {"multi_user": self.multi_user})
+            self._reply(200, {"multi_user": self.multi_user, "pipeline_store": "database",
+                              **({"tag_name": self.tag_name} if self.tag_name is not None else {})})
         elif req["path"] == "/apis/v2beta1/experiments":
             self._reply(200, {"experiments": [], "total_size": 0})
         elif req["path"] == "/apis/v2beta1/pipelines":
@@ -151,7 +155,10 @@ def test_submit_creates_run_with_parameters(kfp_api, monkeypatch, capsys):
     body = run["body"]
     assert body["display_name"] == "nightly"
     assert body["experiment_id"] == "exp-123"
-    assert body["runtime_config"]["parameters"] == {
+    sent = dict(body["runtime_config"]["parameters"])
+    # a run key unique to this run: its folders on the volume, its MLflow parent run
+    assert re.fullmatch(r"nightly-[0-9a-f]{8}", sent.pop("run_key"))
+    assert sent == {
         "epochs": "3", "preset": "smoke", "mlflow_tracking_uri": "http://mlflow.mlflow:5000",
         "config_overrides": '{"gen_blocks": 4}'}
     # with a platform config the client sends {"pipeline_spec": ..., "platform_spec": ...}
@@ -200,7 +207,8 @@ def test_mlflow_plugin_flag_lifts_the_tracking_uri_requirement(kfp_api):
     host, requests = kfp_api
     assert main(["submit", "--host", host, "--image", IMAGE, "--mlflow-plugin", "-p", "preset=smoke"]) == 0
     (run,) = _posts(requests, "/runs")
-    assert run["body"]["runtime_config"]["parameters"] == {"preset": "smoke"}
+    params = run["body"]["runtime_config"]["parameters"]
+    assert params.pop("run_key") and params == {"preset": "smoke"}
 
 
 def test_submit_without_an_image_is_refused(kfp_api, caplog):
@@ -329,3 +337,94 @@ def test_submit_the_sweep_pipeline(kfp_api):
     assert main(["submit", "--host", host, "--image", IMAGE, "--pipeline", "sweep", *SMOKE]) == 0
     (run,) = _posts(requests, "/runs")
     assert run["body"]["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "srgan-celeba-sweep"
+
+
+# ---- the support matrix: the API server's version before anything is created -------------
+
+
+@pytest.fixture
+def api_at(isolated):
+    """A loopback KFP API answering healthz with the given tag_name."""
+    servers = []
+
+    def start(tag_name):
+        server, handler = _serve(tag_name=tag_name)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", handler.requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _created(requests: list[dict]) -> list[dict]:
+    return [r for r in requests if r["method"] == "POST"]
+
+
+@pytest.mark.parametrize("tag, pipeline, accepted", [
+    ("2.3.0", "main", True), ("2.5.0", "main", True), ("2.14.0", "main", True),  # Kubeflow 1.9, 1.10, 1.11
+    ("2.3.0", "sweep", False), ("2.5.0", "sweep", True), ("2.14.0", "sweep", True),
+])
+def test_submit_checks_the_backend_version(api_at, caplog, tag, pipeline, accepted):
+    from pipeline.__main__ import main
+    from pipeline.support import SUPPORT, fmt
+
+    host, requests = api_at(tag)
+    rc = main(["submit", "--host", host, "--image", IMAGE, "--pipeline", pipeline, *SMOKE])
+    assert any(r["path"] == "/apis/v2beta1/healthz" for r in requests)
+    if accepted:
+        assert rc == 0
+        (run,) = _posts(requests, "/runs")
+        assert run["body"]["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+        return
+    assert rc == 2 and _created(requests) == []  # nothing created
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "\n" not in line and fmt(SUPPORT[pipeline].min_version) in line and tag in line, line
+
+
+def test_old_backend_gets_a_warning_for_what_it_drops(api_at, caplog):
+    from pipeline.__main__ import main
+
+    host, requests = api_at("2.3.0")
+    assert main(["submit", "--host", host, "--image", IMAGE, *SMOKE]) == 0
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "set_retry" in warnings and "2.5.0" in warnings  # retries exist only from 2.5
+
+
+def test_unreadable_version_warns_for_main_and_refuses_the_sweep(api_at, caplog):
+    from pipeline.__main__ import main
+
+    host, requests = api_at(None)  # a server without tag_name
+    assert main(["submit", "--host", host, "--image", IMAGE, *SMOKE]) == 0
+    assert "no readable version" in caplog.text
+    host, requests = api_at("dev")
+    assert main(["submit", "--host", host, "--image", IMAGE, "--pipeline", "sweep", *SMOKE]) == 2
+    assert _created(requests) == [] and "--skip-version-check" in caplog.text
+    assert main(["submit", "--host", host, "--image", IMAGE, "--pipeline", "sweep", "--skip-version-check",
+                 *SMOKE]) == 0
+
+
+def test_upload_checks_the_backend_version_first(api_at, caplog):
+    from pipeline.__main__ import main
+
+    host, requests = api_at("2.3.0")
+    assert main(["upload", "--host", host, "--image", IMAGE, "--pipeline", "sweep", "--version", "v1"]) == 2
+    assert _created(requests) == [] and "needs KFP backend 2.5.0 or later, the API" in caplog.text
+    host, requests = api_at("2.5.0")
+    assert main(["upload", "--host", host, "--image", IMAGE, "--pipeline", "sweep", "--version", "v1"]) == 0
+    assert _posts(requests, "/pipelines/upload")
+
+
+def test_a_package_is_judged_by_its_own_ir(api_at, tmp_path, caplog):
+    """An old compiled package (PipelineTaskFinalStatus) is refused by a 2.5 server."""
+    from kfp import compiler
+
+    from helpers_ir_pipelines import needs_kfp_2_14
+    from pipeline.__main__ import main
+
+    package = tmp_path / "old.yaml"
+    compiler.Compiler().compile(needs_kfp_2_14, str(package))
+    host, requests = api_at("2.5.0")
+    assert main(["upload", "--host", host, "--package", str(package), "--version", "v1"]) == 2
+    assert _created(requests) == [] and "needs KFP backend 2.14.0 or later, the API" in caplog.text

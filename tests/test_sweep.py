@@ -131,7 +131,7 @@ def _tasks(spec: dict, dag: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_sweep_pipeline_compiles_with_parallel_for_and_collected_pick(tmp_path):
+def test_sweep_pipeline_compiles_with_parallel_for_and_a_pick_that_survives_failed_trials(tmp_path):
     import yaml
 
     from pipeline.__main__ import main
@@ -143,21 +143,81 @@ def test_sweep_pipeline_compiles_with_parallel_for_and_collected_pick(tmp_path):
     loop = next(t for n, t in tasks.items() if n.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("trials")
     assert loop["iteratorPolicy"] == {"parallelismLimit": 2}
-    block = next(t for n, t in tasks.items() if "sweep-trials" in n)  # ingest once, before every trial
+    block_name, block = next((n, t) for n, t in tasks.items() if "sweep-trials" in n)  # ingest once, before every trial
     assert "ingest" in block["dependentTasks"]
     loop_tasks = set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"])
     assert loop_tasks == {"start-trial", "train", "evaluate"}
+    # pick_best runs after the trials whatever their fate and reads them from MLflow: no
+    # dsl.Collected (KFP 2.14), no input from the loop (a failed trial produces none)
     pick = tasks["pick-best"]
-    loop_name = next(n for n in tasks if n.startswith("for-loop"))
-    assert pick["inputs"]["parameters"]["trial_run_ids"]["taskOutputParameter"]["producerTask"] == loop_name
-    assert pick["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == loop_name
-    assert spec["components"]["comp-pick-best"]["inputDefinitions"]["artifacts"]["metrics"]["isArtifactList"]
+    assert pick["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert block_name in pick["dependentTasks"]
+    producers = {v.get("taskOutputParameter", v.get("taskOutputArtifact", {})).get("producerTask")
+                 for kind in ("parameters", "artifacts") for v in pick["inputs"].get(kind, {}).values()}
+    assert producers - {None} == {"ingest"}
     trials = spec["root"]["inputDefinitions"]["parameters"]["trials"]
     assert trials["parameterType"] == "LIST" and len(trials["defaultValue"]) == 4
     assert "finish" in tasks  # the exit task ends the MLflow parent run
     # train trains on a GPU node and gets the trial's overrides
     train_inputs = spec["components"]["comp-train"]["inputDefinitions"]["parameters"]
     assert "overrides" in train_inputs
+
+
+def test_pick_best_chooses_among_the_trials_that_succeeded(tracking):
+    """A KFP sweep with one failed trial (its train run FAILED, its evaluate never ran, a
+    killed pod's run left RUNNING): pick_best's glue reads the trials from MLflow, picks
+    the trial that succeeded, registers it, and leaves no run RUNNING."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from srcore import kfp_glue, sweep
+    from srcore import tracking as tr
+
+    cfg = build_config("smoke", overrides={"experiment_name": "kfp-sweep-glue", "sweep_metric": "test_psnr_y",
+                                           "registered_model_name": "kfp-sweep-glue"})
+    client = MlflowClient()
+    parent = kfp_glue.connect(cfg, tracking, pipeline_run_id="sweep-run-1", first=True)
+    try:
+        good, _ = sweep.start_trial(cfg, parent, 0, TRIALS[0], folder="")
+        bad, _ = sweep.start_trial(cfg, parent, 1, TRIALS[1], folder="")
+        exp = client.get_run(parent).info.experiment_id
+        # the good trial: a model logged by its train run, metrics by its evaluate run
+        with mlflow.start_run(experiment_id=exp, tags={tr.PARENT_TAG: good, tr.STEP_TAG: "train"}) as train_run:
+            info = mlflow.pyfunc.log_model(name="model", python_model=_identity_model())
+            mlflow.set_tag("model_uri", info.model_uri)
+        with mlflow.start_run(experiment_id=exp, tags={tr.PARENT_TAG: good, tr.STEP_TAG: "evaluate"}):
+            mlflow.log_dict({"test_psnr_y": 24.0, "bicubic_psnr_y": 23.0}, "evaluation/metrics.json")
+        # the failed trial: train failed on one attempt, a killed pod left the next RUNNING
+        failed = client.create_run(exp, tags={tr.PARENT_TAG: bad, tr.STEP_TAG: "train"})
+        client.set_terminated(failed.info.run_id, "FAILED")
+        killed = client.create_run(exp, tags={tr.PARENT_TAG: bad, tr.STEP_TAG: "train"})
+
+        assert sweep.trial_run_ids(parent) == [good, bad]
+        results = [sweep.collect_trial(r) for r in sweep.trial_run_ids(parent)]
+        out = sweep.finish_sweep(cfg, parent, results)
+        assert out["best_trial_run_id"] == good and out["registered_version"] == "1"
+        assert client.get_run(good).info.status == "FINISHED"
+        assert client.get_run(bad).info.status == "FAILED"
+        assert client.get_run(killed.info.run_id).info.status == "FAILED"
+        # the sweep's verdict: a failed trial is tolerated, the pick (register) finished
+        (ended,) = kfp_glue.finish(tracking, "sweep-run-1")
+        assert ended["failed"] is False, ended
+        runs = client.search_runs([exp], max_results=100)
+        assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+        assert client.get_model_version("kfp-sweep-glue", "1").run_id == train_run.info.run_id
+    finally:
+        tr.join_parent("")
+
+
+def _identity_model():
+    """A tiny pyfunc model: what a registered version needs to exist."""
+    import mlflow
+
+    class Identity(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    return Identity()
 
 
 SWEEP_SCRIPT = """
