@@ -305,14 +305,14 @@ def deploy(cfg: Config, storage_uri: str, model: Mapping[str, str] | None = None
 def resolve_version(cfg: Config, model_version: str = "") -> tuple[str, str]:
     """(name, version) of the registered model to serve: `model_version` (a number) or
     the `champion` alias when empty."""
-    from mlflow.tracking import MlflowClient
-
     from srcore.registry import CHAMPION_ALIAS
 
     name = cfg.registered_model_name
     if model_version:
         return name, str(model_version)
-    return name, str(MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    from srcore.model_uri import version_by_alias  # a missing champion: one line listing the aliases
+
+    return name, str(version_by_alias(name, CHAMPION_ALIAS).version)
 
 
 def storage_uri_for(cfg: Config, name: str, version: str) -> str:

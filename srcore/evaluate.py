@@ -272,6 +272,10 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
     from srcore.tracking import step_run
 
     data_dir = Path(data_dir or cfg.data_dir).expanduser()
+    if isinstance(model, (str, os.PathLike)) and str(model).strip().lower() != BICUBIC:
+        from srcore.model_uri import check_model_source
+
+        check_model_source(str(model))  # a missing alias/version/run: one line, before any folder or run
     # srcore.atomic's ownership rule, before any work: never write into a folder evaluate did not make
     out_dir = claim_output_dir(Path(out_dir or cfg.eval_dir), "evaluate", adopt=lambda f: f in (
         "metrics.json", "per_image.csv") or (f.startswith("grid") and f.endswith(".png")))

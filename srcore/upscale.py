@@ -229,10 +229,11 @@ def upscale_files(
     upscale_array. `out_dir` must be new, empty or an earlier upscale output: otherwise
     OutputDirError (an OSError naming it when it cannot be created)."""
     # imported here: the pyfunc model's serving environment needs neither tqdm nor MLflow URIs
-    from srcore.model_uri import resolve_generator
+    from srcore.model_uri import check_model_source, resolve_generator
     from srcore.progress import progress
 
     tile = _tile_size(tile, overlap)
+    check_model_source(str(model_uri_or_path))  # a bogus model: one line, no output folder left behind
     out = claim_output_dir(out_dir, OUTPUT_KIND, adopt=_is_upscale_output)  # before loading the model
     generator = resolve_generator(str(model_uri_or_path))
     factor = generator_scale(generator)
