@@ -315,12 +315,14 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
                     _resources(export, s.evaluate).set_caching_options(False)
                     on_volume(export)
                     platform(export)
-                    # the predictor runs the pipeline's own image (srcore.server over that SavedModel)
+                    # the predictor runs the pipeline's own image (srcore.server over that SavedModel): the
+                    # CPU image, or train's (CUDA) image when deploy_gpus > 0
                     serve = comps["deploy"](config_json=train.outputs["config_json"],
                                             model_version=register.outputs["version"],
                                             storage_uri=export.outputs["storage_uri"], namespace=deploy_namespace,
                                             service_name=deploy_service_name,
                                             image=comps["deploy"].component_spec.implementation.container.image,
+                                            gpu_image=comps["train"].component_spec.implementation.container.image,
                                             **tracking)
                     _resources(serve, s.register).set_caching_options(False)
                     platform(serve)

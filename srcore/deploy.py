@@ -347,19 +347,21 @@ def tag_version(name: str, version: str, result: DeployResult) -> None:
 
 
 def deploy_step(cfg: Config, model_version: str = "", storage_uri: str = "", namespace: str = "",
-                service_name: str = "", image: str = "", api_client: Any = None,
+                service_name: str = "", image: str = "", gpu_image: str = "", api_client: Any = None,
                 poll_s: float = 5.0) -> dict[str, Any]:
     """The `deploy` step: serve registered version `model_version` (default: the
-    champion) from `storage_uri` (default: storage_uri_for) on KServe with `image`
-    (default: deploy_image), tag the version with the endpoint, tracked in MLflow.
+    champion) from `storage_uri` (default: storage_uri_for) on KServe, tag the version
+    with the endpoint, tracked in MLflow. The predictor image: cfg.deploy_image when the
+    operator set it, else `gpu_image` (when deploy_gpus > 0 and given), else `image`.
     `namespace` / `service_name` override cfg.deploy_namespace / deploy_service_name."""
     import mlflow
 
     from srcore import tracking
     from srcore.config import apply_overrides
 
+    chosen = cfg.deploy_image or (gpu_image if cfg.deploy_gpus and gpu_image else image)
     cfg = apply_overrides(cfg, {"deploy_namespace": namespace, "deploy_service_name": service_name,
-                                "deploy_image": image})
+                                "deploy_image": chosen})
 
     name, version = resolve_version(cfg, model_version)
     storage_uri = check_storage_uri(storage_uri) if storage_uri else storage_uri_for(cfg, name, version)

@@ -130,7 +130,8 @@ STEPS: dict[str, Step] = {
          # inputs as well as Config fields: KFP pipeline parameters reach a step only as inputs
          Input("namespace", "Kubernetes namespace (default: deploy_namespace)"),
          Input("service_name", "InferenceService name (default: deploy_service_name)"),
-         Input("image", "predictor image: the project's (default: deploy_image)")),
+         Input("image", "predictor image, the project's (deploy_image, when set, wins)"),
+         Input("gpu_image", "predictor image when deploy_gpus > 0 (default: image)")),
         ("url", "namespace", "name", "action", "storage_uri", "generation", "registered_model_name",
          "registered_model_version"),
         "serve a registered version on KServe (InferenceService running srcore.server) and wait until Ready",

@@ -295,6 +295,17 @@ def test_deploy_step_tags_the_registered_version(kserve, tracking):
     assert tags["deploy.inference_service"] == f"{NS}/{NAME}"
     assert tags["deploy.storage_uri"] == f"pvc://srgan-data/serving/srgan-deploy-test/{mv.version}"
     assert kserve.requests[1]["body"]["metadata"]["labels"]["srgan.registered-model-version"] == str(mv.version)
+    assert _container(kserve.requests[1]["body"])["image"] == IMAGE  # the operator's deploy_image wins
+
+    # the pipeline passes its CPU image and train's CUDA image: a GPU predictor gets the CUDA one
+    for gpus, expected in ((1, "example.org/srgan:cuda"), (0, "example.org/srgan:cpu")):
+        kserve.requests.clear()
+        deploy.deploy_step(_cfg(registered_model_name="srgan-deploy-test", deploy_storage_uri="pvc://srgan-data/serving",
+                                deploy_image="", deploy_gpus=gpus),
+                           image="example.org/srgan:cpu", gpu_image="example.org/srgan:cuda",
+                           api_client=_api_client(kserve.url), poll_s=0.01)
+        patch = next(r for r in kserve.requests if r["method"] == "PATCH")
+        assert patch["body"]["spec"]["predictor"]["containers"][0]["image"] == expected
 
 
 def test_main_pipeline_deploys_only_a_new_champion_when_asked(tmp_path):
@@ -335,6 +346,7 @@ def test_main_pipeline_deploys_only_a_new_champion_when_asked(tmp_path):
     assert inputs["storage_uri"]["taskOutputParameter"] == {"outputParameterKey": "storage_uri",
                                                             "producerTask": "export"}
     assert inputs["image"]["runtimeValue"]["constant"] == "example.org/srgan:abc"
+    assert inputs["gpu_image"]["runtimeValue"]["constant"] == "example.org/srgan:abc"
     branch = next(c["dag"] for c in spec["components"].values()
                   if "dag" in c and {"deploy", "export"} <= set(c["dag"]["tasks"]))
     export = branch["tasks"]["export"]["inputs"]
