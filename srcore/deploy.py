@@ -52,6 +52,10 @@ from srcore.config import Config
 
 log = logging.getLogger(__name__)
 
+# KServe releases the manifest is written for (pipeline/README.md, "Deploy on KServe", cites
+# the sources): v1beta1 InferenceService with an inline PodSpec predictor (containers,
+# serviceAccountName), STORAGE_URI for a custom container, Knative containerConcurrency/timeout
+SUPPORTED_KSERVE = ("0.12", "0.13", "0.14", "0.15", "0.16")
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
 PLURAL = "inferenceservices"
