@@ -87,6 +87,8 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     assert model_psnr > bicubic_psnr - 1.0, (model_psnr, bicubic_psnr)
     versions = client.search_model_versions("name='srgan-celeba'")
     assert len(versions) == 1
+    # a demo model never becomes the champion CelebA models would be measured against
+    assert set(client.get_registered_model("srgan-celeba").aliases) == {"candidate"}
 
     # what a person comparing runs sees (issue 17), on this one smoke job
     expect.check_experiment_opens_on_runs(client, exp)
