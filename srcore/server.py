@@ -253,7 +253,9 @@ def _raw_response(status: int, payload: dict, headers: dict[str, str]) -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     server: UpscaleServer
-    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
+    # HTTP/1.1 for `Expect: 100-continue` (curl sends it with larger bodies); still one request
+    # per connection (every answer says Connection: close): no idle keep-alive threads
+    protocol_version = "HTTP/1.1"
     server_version = "srgan-upscaler"
 
     def setup(self) -> None:
@@ -271,6 +273,16 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def handle_expect_100(self) -> bool:
+        """Say "100 Continue" only to a body the server would read: an announced size over the
+        cap, or no free slot, is answered now, before the client sends a byte of it."""
+        cap = self.server.limits.max_body_bytes
+        length = self.headers.get("Content-Length") or "0"
+        if length.isdigit() and int(length) > cap:
+            self._send(413, {"error": f"the body is {length} bytes, more than the limit max_body_bytes={cap}"})
+            return False
+        return super().handle_expect_100()
 
     def parse_request(self) -> bool:
         ok = super().parse_request()  # reads the headers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import socket
 import subprocess
@@ -134,6 +135,20 @@ def test_oversized_content_length_is_refused_before_reading(server):
     status, body = read_status(sock)
     assert status == 413 and "max_body_bytes=1000000" in body
     assert time.monotonic() - start < 5
+
+
+def test_expect_100_continue_is_answered_by_the_cap(server):
+    _, port = server
+    head = f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" \
+           "Expect: 100-continue\r\nContent-Length: "
+    status, body = read_status(raw_request(port, head + "5000000"))  # over the cap: no 100, a 413
+    assert status == 413 and "max_body_bytes" in body
+    payload = json.dumps({"instances": [image(8, 8).tolist()], "parameters": {"tile": 8}}).encode()
+    sock = raw_request(port, head + str(len(payload)))
+    assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")  # then the client sends its body
+    sock.sendall(payload)
+    status, body = read_status(sock)
+    assert status == 200 and len(json.loads(body.partition("\r\n\r\n")[2] or body)["predictions"]) == 1
 
 
 def test_a_chunked_stream_over_the_cap_is_cut(server):
