@@ -235,6 +235,14 @@ def native_lines_to_show(lines: list[str]) -> list[str]:
             and not (no_driver and _CUINIT.search(line))]
 
 
+def _keras_quiet_on_stdout() -> None:
+    """Keras' progress bars (e.g. MLflow predicting an input example) would go to stdout, where
+    the step's one JSON result line must stand alone: route them to logging instead."""
+    import keras
+
+    keras.utils.disable_interactive_logging()
+
+
 def quiet_tensorflow_import() -> None:
     """Import TensorFlow and initialise its devices with native stderr captured, then pass on
     every line but the known CPU-machine noise. The cuInit failure is dropped only when TF
@@ -251,14 +259,14 @@ def quiet_tensorflow_import() -> None:
             import tensorflow as tf
 
             tf.config.list_physical_devices("GPU")  # CUDA platform init: where cuInit is called
-        finally:
+            _keras_quiet_on_stdout()
+        finally:  # replayed even when the import fails: its native lines may say why
             os.dup2(saved, 2)
             os.close(saved)
-        captured.seek(0)
-        lines = captured.read().decode("utf-8", "replace").splitlines()
-    kept = native_lines_to_show(lines)
-    if kept:
-        sys.stderr.write("\n".join(kept) + "\n")
+            captured.seek(0)
+            kept = native_lines_to_show(captured.read().decode("utf-8", "replace").splitlines())
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
