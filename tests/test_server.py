@@ -1,5 +1,6 @@
-"""The bounded server (srcore.server) on loopback: a real `python -m srcore.server`
-process serving the exported SavedModel of a smoke-size generator, spoken to in the
+"""The bounded server (srcore.server) on loopback: a real process started with the KServe
+predictor container's own command line (srcore.deploy's manifest), serving the exported
+SavedModel of a smoke-size generator from its version folder, spoken to in the
 KServe v1 protocol with real sockets: over-limit bodies are refused before they are read,
 concurrency is capped, bad pixels and deep nesting are 400s, answers equal `srgan upscale`,
 and (in process, to count the generator's calls) a timed-out request stops its work."""
@@ -32,9 +33,9 @@ from srcore.upscale import upscale_array, upscale_files
 
 NAME = "srgan-test"
 BODY_CAP = 1_000_000  # the 100k-bracket body (200 KB) fits: it must fail on its nesting, not its size
-ARGS = ["--serve-max-pixels", "4096", "--serve-max-batch", "3", "--serve-min-tile", "8", "--serve-max-tile", "64",
-        "--serve-max-seconds", "20", "--serve-max-body-bytes", str(BODY_CAP), "--serve-max-concurrent", "1",
-        "--serve-max-response-bytes", "500000"]
+LIMITS = {"serve_max_pixels": 4096, "serve_max_batch": 3, "serve_min_tile": 8, "serve_max_tile": 64,
+          "serve_max_seconds": 20.0, "serve_max_body_bytes": BODY_CAP, "serve_max_concurrent": 1,
+          "serve_max_response_bytes": 500_000}
 
 
 def image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -58,12 +59,25 @@ def exported(keras_model, tmp_path_factory) -> Path:
     return out / NAME
 
 
+def container_command(model_dir: Path, port: int) -> list[str]:
+    """The predictor container's command line exactly as srcore.deploy writes it into the
+    InferenceService, with only what the cluster provides swapped: this Python for the
+    image's, the export's folder for /mnt/models, loopback and a free port for 0.0.0.0:8080."""
+    from srcore.deploy import MODEL_MOUNT, PORT, build_manifest
+
+    cfg = build_config("smoke", overrides={**LIMITS, "deploy_service_name": NAME, "deploy_image": "img"})
+    [container] = build_manifest(cfg, "pvc://srgan-data/serving/m/3", "ns")["spec"]["predictor"]["containers"]
+    swap = {"python": sys.executable, MODEL_MOUNT: str(model_dir), "0.0.0.0": "127.0.0.1", str(PORT): str(port)}
+    return [swap.get(word, word) for word in container["command"] + container["args"]]
+
+
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("server-log") / "server.log"
-    cmd = [sys.executable, "-m", "srcore.server", "--model", str(exported), "--name", NAME, "--port", str(port), *ARGS]
+    # what a pvc:// storage URI mounts at /mnt/models: the version folder itself
+    cmd = container_command(exported / "3", port)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     try:
