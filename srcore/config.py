@@ -53,8 +53,8 @@ class Config:
     workers: int = _f(0, "ingest worker processes (0 = all cores)", ge=0)
     max_pixels: int = _f(40_000_000, "refuse images with more pixels (decompression bombs)", ge=1)
     max_file_bytes: int = _f(256 * 1024 * 1024, "skip source files larger than this many bytes (checked while reading)", ge=1)
-    download_timeout_s: float = _f(6 * 3600.0, "a source URL must download within this many seconds in all (reconnects included)", gt=0)
-    max_download_bytes: int = _f(8 * 1024**3, "refuse a source URL whose body is larger than this many bytes (checked while reading)", ge=1)
+    download_timeout_s: float = _f(6 * 3600.0, "every download (a source URL, missing VGG19/LPIPS weights) must finish within this many seconds in all (reconnects included)", gt=0)
+    max_download_bytes: int = _f(8 * 1024**3, "refuse a download (source URL, weights) larger than this many bytes (checked while reading)", ge=1)
     follow_symlinks: bool = _f(False, "follow symbolic links that leave a source folder (default: skip them)")
     force: bool = _f(False, "redo ingest even if an identical manifest exists")
 

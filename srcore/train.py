@@ -28,6 +28,7 @@ from srcore import gpu, tracking
 from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config, ConfigError
 from srcore.data.dataset import VAL_FRACTION, train_count, train_dataset, val_faces, validation_images
+from srcore.data.download import DownloadLimits
 from srcore.data.manifest import read_manifest
 from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse, resolve_content_loss
 from srcore.models import build_discriminator, build_generator
@@ -136,7 +137,7 @@ def resolve(cfg: Config) -> tuple[Config, dict[str, str]]:
     (logged as MLflow tags; the resolved values are the params)."""
     precision, precision_reason = resolve_precision(cfg.precision)
     if cfg.epochs or cfg.content_loss != "auto":
-        content, content_reason = resolve_content_loss(cfg.content_loss, cfg.vgg_weights)
+        content, content_reason = resolve_content_loss(cfg.content_loss, cfg.vgg_weights, cfg.cache_dir)
     else:  # no adversarial phase: nothing uses a content loss, load no network for it
         content, content_reason = "mse", "no adversarial phase"
     return cfg.replace(precision=precision, content_loss=content), {
@@ -173,7 +174,9 @@ class Trainer:
             self.generator = build_generator(cfg.gen_filters, cfg.gen_blocks, cfg.scale, cfg.gen_init_scale,
                                              bicubic_skip=cfg.gen_bicubic_skip)
             self.discriminator = build_discriminator(cfg.patch_size or cfg.hr_size, cfg.disc_filters, cfg.disc_flatten)
-            self.content = ContentLoss(cfg.content_loss, cfg.vgg_weights) if cfg.epochs else None
+            # missing weights are downloaded into cache_dir within Config's download bounds
+            self.content = ContentLoss(cfg.content_loss, cfg.vgg_weights, cfg.cache_dir,
+                                       DownloadLimits.from_config(cfg)) if cfg.epochs else None
             self.pre_opt = _adam(cfg, cfg.pretrain_learning_rate, cfg.pretrain_epochs * self.steps_per_epoch)
             self.g_opt = _adam(cfg, cfg.learning_rate, cfg.epochs * self.steps_per_epoch)
             self.d_opt = _adam(cfg, cfg.learning_rate, cfg.epochs * self.steps_per_epoch)

@@ -25,10 +25,11 @@ from typing import Iterable
 
 from srcore.config import Config
 
-# The Config folders each step writes into (evaluate: LPIPS weights are cached in cache_dir).
+# The Config folders each step writes into (train and evaluate: the weights of the
+# content loss and of LPIPS are downloaded into cache_dir when missing).
 STEP_OUTPUTS = {
     "ingest": ("data_dir", "cache_dir"),
-    "train": ("model_dir",),
+    "train": ("model_dir", "cache_dir"),
     "evaluate": ("eval_dir", "cache_dir"),
 }
 FIX_MANIFEST = "pipeline/k8s/volume-permissions.yaml"

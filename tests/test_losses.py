@@ -1,3 +1,4 @@
+import hashlib
 import http.server
 import threading
 from pathlib import Path
@@ -66,29 +67,38 @@ class _WeightsHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_vgg_weights_download_from_loopback_into_keras_cache(tmp_path, monkeypatch):
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def test_vgg_weights_download_from_loopback_into_the_download_cache(tmp_path, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WeightsHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         monkeypatch.setattr(losses, "VGG19_NOTOP_URL", f"http://127.0.0.1:{server.server_port}/w.h5")
-        path = Path(resolve_vgg_weights(""))
-        assert path.read_bytes() == _WeightsHandler.payload
-        # second call: served from the cache, no network needed
+        monkeypatch.setattr(losses, "VGG19_NOTOP_MD5", md5(_WeightsHandler.payload))
+        path = Path(resolve_vgg_weights("", tmp_path / "cache"))
+        assert path.read_bytes() == _WeightsHandler.payload and (tmp_path / "cache") in path.parents
+        # second call: served from the cache (md5 re-checked), no network needed
         server.shutdown()
-        assert Path(resolve_vgg_weights("")) == path
+        assert Path(resolve_vgg_weights("", tmp_path / "cache")) == path
     finally:
         server.server_close()
 
 
 def test_missing_vgg_weights_fail_with_instructions(tmp_path, monkeypatch):
+    from srcore.data import download
+
+    monkeypatch.setattr(download, "RETRY_BACKOFF", 0.0)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(losses, "VGG19_NOTOP_URL", "http://127.0.0.1:9/vgg19_notop.h5")  # nothing listens
     with pytest.raises(WeightsUnavailableError) as err:
-        resolve_vgg_weights("")
+        resolve_vgg_weights("", tmp_path / "cache")
     msg = str(err.value)
-    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg
-    assert "--vgg-weights" in msg and "--content-loss mse" in msg
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg and "http://127.0.0.1:9/vgg19_notop.h5" in msg
+    assert "--vgg-weights" in msg and "--content-loss mse" in msg and "\n" not in msg
 
 
 def test_explicit_vgg_weights_path_must_exist(tmp_path):
@@ -141,11 +151,14 @@ def test_content_loss_table_and_auto(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="vgg16_53"):
         ContentLoss("vgg99")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    assert losses.resolve_content_loss("auto")[0] == "vgg16_53"
-    assert losses.resolve_content_loss("auto", "/some/vgg19.h5")[0] == "vgg19_54"
+    cache = tmp_path / "cache"
+    assert losses.resolve_content_loss("auto", "", cache)[0] == "vgg16_53"
+    assert losses.resolve_content_loss("auto", "/some/vgg19.h5", cache)[0] == "vgg19_54"
     (tmp_path / "keras" / "models").mkdir(parents=True)
     (tmp_path / "keras" / "models" / losses.VGG19_NOTOP_FILE).write_bytes(b"x")
-    assert losses.resolve_content_loss("auto")[0] == "vgg19_54"
+    assert losses.resolve_content_loss("auto", "", cache)[0] == "vgg16_53"  # not Keras' file (md5): not used
+    monkeypatch.setattr(losses, "VGG19_NOTOP_MD5", md5(b"x"))
+    assert losses.resolve_content_loss("auto", "", cache)[0] == "vgg19_54"
     assert losses.resolve_content_loss("mse") == ("mse", "requested")
 
 

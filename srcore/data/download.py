@@ -36,6 +36,7 @@ in log lines and errors alike; urllib3's own debug lines are scrubbed as well.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -85,6 +86,20 @@ DEFAULT_MAX_BYTES = 8 * 1024**3
 MAX_REDIRECTS = 10
 
 
+@dataclasses.dataclass(frozen=True)
+class DownloadLimits:
+    """The bounds of every network read, from Config (download_timeout_s,
+    max_download_bytes): carried to the weights downloads of train and evaluate
+    (srcore.losses, srcore.weights) as one value instead of two parameters each."""
+
+    deadline_s: float = DEFAULT_DEADLINE_S
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @classmethod
+    def from_config(cls, cfg) -> "DownloadLimits":
+        return cls(float(cfg.download_timeout_s), int(cfg.max_download_bytes))
+
+
 def download(
     url: str,
     cache_dir: str | os.PathLike,
@@ -95,6 +110,7 @@ def download(
     validate: Callable[[Path], None] | None = None,
     deadline_s: float = DEFAULT_DEADLINE_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    hint: str = MANUAL_HINT,
 ) -> Path:
     """Download `url` into the cache (resuming a partial file) and return its path.
 
@@ -102,7 +118,8 @@ def download(
     A cached file is returned without network access (after re-checking `sha256` when
     given). `retries` is the number of reconnects in a row allowed without progress;
     `timeout` bounds each socket wait, `deadline_s` the whole download, `max_bytes` the
-    file (see the module doc). `validate(path)` raises ValueError when a complete file
+    file (see the module doc); `hint` ends the errors that a rerun may not fix (how to
+    get the file without this download). `validate(path)` raises ValueError when a complete file
     is unusable (e.g. not a zip): the file is then deleted and DownloadError raised; a
     cached file is re-validated.
     """
@@ -125,7 +142,7 @@ def download(
     with _scrubbed_library_logs(url):
         try:
             _fetch_with_resume(url, partial, retries=retries, timeout=timeout, deadline_s=deadline_s,
-                               max_bytes=max_bytes)
+                               max_bytes=max_bytes, hint=hint)
         except _Unresumable as err:
             partial.unlink(missing_ok=True)
             raise DownloadError(f"{err} The partial download was deleted.") from None
@@ -168,7 +185,7 @@ class _DeadlinePassed(Exception):
 
 
 def _fetch_with_resume(url: str, partial: Path, *, retries: int, timeout: float, deadline_s: float,
-                       max_bytes: int) -> None:
+                       max_bytes: int, hint: str = MANUAL_HINT) -> None:
     """Fill `partial` with the whole body of `url`, reconnecting after drops."""
     shown = redact_url(url)
     deadline = time.monotonic() + deadline_s
@@ -179,19 +196,19 @@ def _fetch_with_resume(url: str, partial: Path, *, retries: int, timeout: float,
             before = partial.stat().st_size if partial.exists() else 0
             connections += 1
             try:
-                _fetch_once(session, url, partial, timeout=timeout, deadline=deadline, max_bytes=max_bytes)
+                _fetch_once(session, url, partial, timeout=timeout, deadline=deadline, max_bytes=max_bytes, hint=hint)
                 return
             except _DeadlinePassed:
                 have = partial.stat().st_size if partial.exists() else 0
                 raise DownloadError(
                     f"cannot download {shown}: not complete within download_timeout_s={deadline_s:g} s "
                     f"({have} bytes so far, kept for a resume); rerun to resume, raise "
-                    f"--download-timeout-s for a slow link, or fetch it by hand. {MANUAL_HINT}"
+                    f"--download-timeout-s for a slow link, or fetch it by hand. {hint}"
                 ) from None
             except requests.TooManyRedirects:
                 raise _Unresumable(
                     f"cannot download {shown}: more than {MAX_REDIRECTS} redirects (a redirect loop?); "
-                    f"check the URL. {MANUAL_HINT}"
+                    f"check the URL. {hint}"
                 ) from None
             except _DROPPED as err:
                 reason = scrub_secrets(str(err), url)
@@ -201,16 +218,16 @@ def _fetch_with_resume(url: str, partial: Path, *, retries: int, timeout: float,
                 if failures > retries or connections >= MAX_CONNECTIONS:
                     why = (f"{failures - 1} reconnects without progress" if failures > retries
                            else f"{connections} connections")
-                    raise DownloadError(f"cannot download {shown} after {why}: {reason}. {MANUAL_HINT}") from None
+                    raise DownloadError(f"cannot download {shown} after {why}: {reason}. {hint}") from None
                 wait = min(RETRY_BACKOFF * failures, max(0.0, deadline - time.monotonic()))
                 log.warning("download of %s interrupted (%s); resuming in %.0f s", shown, reason, wait)
                 time.sleep(wait)
             except requests.RequestException as err:  # invalid URL, unsupported scheme, ...
-                raise _Unresumable(f"cannot download {shown}: {scrub_secrets(str(err), url)}. {MANUAL_HINT}") from None
+                raise _Unresumable(f"cannot download {shown}: {scrub_secrets(str(err), url)}. {hint}") from None
 
 
 def _fetch_once(session: requests.Session, url: str, partial: Path, *, timeout: float, deadline: float,
-                max_bytes: int) -> None:
+                max_bytes: int, hint: str = MANUAL_HINT) -> None:
     shown = redact_url(url)
     remaining = deadline - time.monotonic()
     if remaining <= 0:
@@ -231,9 +248,9 @@ def _fetch_once(session: requests.Session, url: str, partial: Path, *, timeout: 
             if response.status_code == 429 or response.status_code >= 500:  # may recover: keep the bytes
                 raise DownloadError(
                     f"cannot download {shown}: HTTP {response.status_code} {response.reason}; rerun later to "
-                    f"resume. {MANUAL_HINT}"
+                    f"resume. {hint}"
                 )
-            raise _Unresumable(f"cannot download {shown}: HTTP {response.status_code} {response.reason}. {MANUAL_HINT}")
+            raise _Unresumable(f"cannot download {shown}: HTTP {response.status_code} {response.reason}. {hint}")
         if response.status_code == 206:
             if _range_start(response) != offset:
                 partial.unlink(missing_ok=True)
@@ -340,8 +357,8 @@ def _verify(url: str, path: Path, expected: str | None, validate: Callable[[Path
     problem = _problem(path, expected, validate)
     if problem is not None:
         path.unlink()
-        what = "sha256 mismatch" if problem.startswith("has sha256") else "bad download"
+        mismatch = problem.startswith("has sha256")
         raise DownloadError(
-            f"{what} for {url}: the downloaded file {problem}. The downloaded file was deleted; "
-            "check the URL and the --sha256 value."
+            f"{'sha256 mismatch' if mismatch else 'bad download'} for {url}: the downloaded file {problem}. "
+            f"The downloaded file was deleted; check the URL{' and the --sha256 value' if mismatch else ''}."
         )
