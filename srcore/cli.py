@@ -114,7 +114,7 @@ class Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration source")
-    g.add_argument("--preset", default="", metavar="NAME", choices=("", *PRESETS),
+    g.add_argument("--preset", default="", metavar="NAME",  # checked by build_config: one line
                    help=f"named preset of {'|'.join(PRESETS)}")
     g.add_argument("--config", default="", metavar="FILE", help="YAML file of Config fields (see configs/)")
     g.add_argument("--log-level", default="INFO", type=str.upper, metavar="LEVEL",
@@ -225,7 +225,7 @@ _NATIVE_NOISE = (
 )
 _NO_DRIVER = re.compile(r"Could not find cuda drivers on your machine")
 _CUINIT = re.compile(r"^E\d{4} .*\] failed call to cuInit")
-TF_STEPS = {"ingest", "train", "evaluate", "upscale", "export", "sweep", "main"}
+TF_STEPS = {"ingest", "train", "evaluate", "upscale", "export", "serve", "sweep", "main"}  # steps that load TensorFlow
 
 
 def native_lines_to_show(lines: list[str]) -> list[str]:
