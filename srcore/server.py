@@ -489,7 +489,7 @@ def make_server(model: str | Any, name: str, host: str = "127.0.0.1", port: int 
     return UpscaleServer((host, port), generator, name, limits or ServerLimits())
 
 
-def serve_step(cfg: Any, model: str, name: str = "", host: str = "", port: str = "") -> dict[str, Any]:
+def serve_step(cfg: Any, model: str, model_name: str = "", host: str = "", port: str = "") -> dict[str, Any]:
     """The `serve` step (`srgan serve --model M`): the bounded server with the Config's
     serve_* limits, until interrupted (Ctrl-C / SIGTERM's KeyboardInterrupt)."""
     try:
@@ -497,7 +497,7 @@ def serve_step(cfg: Any, model: str, name: str = "", host: str = "", port: str =
     except ValueError:
         raise ValueError(f"invalid input port={port!r}: expected a TCP port number") from None
     limits = ServerLimits.from_config(cfg)
-    server = make_server(model, name or cfg.registered_model_name, host or "127.0.0.1", port_number, limits)
+    server = make_server(model, model_name or cfg.registered_model_name, host or "127.0.0.1", port_number, limits)
     url = f"http://{server.server_address[0]}:{server.server_address[1]}"
     log.info("serving %s as %r on %s (POST %s/v1/models/%s:predict; limits: %s)", model, server.model_name, url,
              url, server.model_name, limits)

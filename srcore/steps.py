@@ -116,7 +116,7 @@ STEPS: dict[str, Step] = {
     "serve": Step(
         "srcore.server:serve_step", _fields("serve", extra=("registered_model_name",)),
         (Input("model", "serving SavedModel folder (version or base), .keras file or MLflow model URI", required=True),
-         Input("name", "model name in /v1/models/<name> (default: registered_model_name)"),
+         Input("model_name", "model name in /v1/models/<name> (default: registered_model_name)"),
          Input("host", "address to bind (default 127.0.0.1; 0.0.0.0 to be reached from other hosts)"),
          Input("port", "TCP port (default 8080)")),
         ("url",),

@@ -310,3 +310,12 @@ def test_headers_dribbled_a_byte_at_a_time_lose_the_connection(in_process, keras
         sock.settimeout(2)
         closed = sock.recv(1024) == b""
     assert closed and time.monotonic() - start < 3.0
+
+
+def test_srgan_serve_reaches_the_server_through_the_step_table():
+    from srcore import steps
+
+    # no input may shadow run()'s own parameters (an input `name` once made `srgan serve` a TypeError)
+    assert not {i.name for step in steps.STEPS.values() for i in step.inputs} & {"name", "cfg"}
+    with pytest.raises(ValueError, match="invalid input port='abc'"):
+        steps.run("serve", build_config("smoke"), model="unused", model_name="m", port="abc")
