@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from srcore import tracking
+from srcore import tracking, tracking_server
 from srcore.config import Config, ConfigError, apply_overrides, build_config, config_from_json, json_object, require_source
 from srcore.data.sources import redact_url
 
@@ -145,6 +145,8 @@ def connect(cfg: Config, mlflow_tracking_uri: str = "", parent_run_id: str = "",
     elif not os.environ.get("MLFLOW_TRACKING_URI"):
         log.warning("no MLflow tracking URI (parameter mlflow_tracking_uri, env MLFLOW_TRACKING_URI): "
                     "runs and models stay inside this container")
+    # before the parent run: an unusable server or artifact store fails in seconds, in one line
+    tracking_server.preflight(cfg)
     parent = tracking.open_parent(cfg, pipeline_run_id) if first else parent_run_id
     if parent:
         tracking.join_parent(parent)

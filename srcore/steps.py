@@ -163,7 +163,15 @@ def run(name: str, cfg: Config, **inputs: Any) -> dict[str, Any]:
     unknown = set(inputs) - known
     if unknown:
         raise TypeError(f"step {name} has no input(s) {', '.join(sorted(unknown))}; inputs: {', '.join(sorted(known))}")
-    return step.load()(cfg, **{k: v for k, v in inputs.items() if v not in (None, "")})
+    given = {k: v for k, v in inputs.items() if v not in (None, "")}
+    tracked = "tracking" in step.sections
+    if tracked or any(str(v).startswith(("models:/", "runs:/")) for v in given.values()):
+        # a remote tracking server or artifact store that cannot be used fails here, in
+        # seconds, not after the work (srcore.tracking_server)
+        from srcore import tracking_server
+
+        tracking_server.preflight(cfg, artifacts=tracked)
+    return step.load()(cfg, **given)
 
 
 # ---- the step functions -----------------------------------------------------------------
