@@ -48,8 +48,31 @@ from components._common import image_pull_secrets
 PIPELINE_NAME = "srgan-celeba"
 PIPELINE_DESCRIPTION = "SRGAN x4 face super-resolution (32x32 -> 128x128 CelebA): ingest, train, evaluate, register."
 
-# MLflow credentials come from this Secret (never from parameters).
+# Credentials come from Secrets, never from parameters: {Secret key: environment variable}.
+# MLflow's own (SRGAN_MLFLOW_SECRET; other key names: SRGAN_MLFLOW_SECRET_KEYS):
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+# A direct S3/MinIO artifact store (server run with `--default-artifact-root s3://... --no-serve-artifacts`:
+# the pods write to the bucket themselves), SRGAN_S3_SECRET; by default its keys are named like the
+# variables (other names, or fewer keys, e.g. no endpoint on AWS: SRGAN_S3_SECRET_KEYS). A proxying
+# server (`--artifacts-destination s3://...`, clients see `mlflow-artifacts:`) needs none of them.
+S3_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+S3_SECRET_KEYS = {name: name for name in S3_ENV_VARS}
+
+
+def parse_secret_keys(spec: str, setting: str) -> dict[str, str]:
+    """`ENV_VAR=secret-key,...` (how SRGAN_*_SECRET_KEYS name them) -> {secret key: ENV_VAR}."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        env, sep, key = (x.strip() for x in item.partition("="))
+        if not sep or not env or not key or not env.replace("_", "").isalnum() or env[0].isdigit():
+            raise ValueError(f"{setting}={spec!r}: expected ENV_VAR=secret-key pairs separated by commas, "
+                             f"e.g. AWS_ACCESS_KEY_ID=accesskey,AWS_SECRET_ACCESS_KEY=secretkey (bad item {item!r})")
+        if key in out:
+            raise ValueError(f"{setting}: secret key {key!r} is mapped twice")
+        out[key] = env
+    if not out:
+        raise ValueError(f"{setting} is empty: name at least one ENV_VAR=secret-key pair (or unset it for the default)")
+    return out
 
 
 def _env(name: str, default: str) -> str:
@@ -77,6 +100,9 @@ class ClusterSettings:
     gpu_toleration: str = "nvidia.com/gpu:Exists:NoSchedule"
     mlflow_secret: str = "mlflow-credentials"  # "" = no Secret
     mlflow_secret_optional: bool = False
+    mlflow_secret_keys: tuple[tuple[str, str], ...] = tuple(MLFLOW_SECRET_KEYS.items())  # (Secret key, env var)
+    s3_secret: str = ""  # "" = no S3 credentials (a proxying MLflow server)
+    s3_secret_keys: tuple[tuple[str, str], ...] = tuple(S3_SECRET_KEYS.items())
     mlflow_tracking_uri: str = ""  # default of the pipeline parameter
     # the slim CPU image (Dockerfile `--build-arg SRGAN_FLAVOR=cpu`, same lock, no CUDA
     # wheels) for every task but train; "" = the one (GPU) image for all
@@ -98,6 +124,7 @@ class ClusterSettings:
     def from_env(cls) -> "ClusterSettings":
         """Defaults overridden by SRGAN_GPU_TYPE, SRGAN_GPU_COUNT, SRGAN_GPU_NODE_SELECTOR,
         SRGAN_GPU_TOLERATION, SRGAN_MLFLOW_SECRET, SRGAN_MLFLOW_SECRET_OPTIONAL,
+        SRGAN_MLFLOW_SECRET_KEYS, SRGAN_S3_SECRET, SRGAN_S3_SECRET_KEYS,
         SRGAN_MLFLOW_TRACKING_URI, SRGAN_CPU_IMAGE, SRGAN_TRAIN_CPU / SRGAN_TRAIN_MEMORY ("request[,limit]")."""
         d = cls()
 
@@ -120,6 +147,9 @@ class ClusterSettings:
             gpu_toleration=_env("SRGAN_GPU_TOLERATION", d.gpu_toleration),
             mlflow_secret=_env("SRGAN_MLFLOW_SECRET", d.mlflow_secret),
             mlflow_secret_optional=_env("SRGAN_MLFLOW_SECRET_OPTIONAL", "false").lower() in ("1", "true", "yes"),
+            mlflow_secret_keys=_secret_keys("SRGAN_MLFLOW_SECRET_KEYS", d.mlflow_secret_keys),
+            s3_secret=_env("SRGAN_S3_SECRET", d.s3_secret),
+            s3_secret_keys=_secret_keys("SRGAN_S3_SECRET_KEYS", d.s3_secret_keys),
             mlflow_tracking_uri=_env("SRGAN_MLFLOW_TRACKING_URI", d.mlflow_tracking_uri),
             cpu_image=_env("SRGAN_CPU_IMAGE", d.cpu_image),
             ingest=res("INGEST", d.ingest),
@@ -129,6 +159,11 @@ class ClusterSettings:
             pvc_name=_env("SRGAN_PVC_NAME", d.pvc_name),
             create_pvc=_env("SRGAN_CREATE_PVC", "false").lower() in ("1", "true", "yes"),
         )
+
+
+def _secret_keys(setting: str, default: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    spec = os.environ.get(setting)
+    return tuple(parse_secret_keys(spec, setting).items()) if spec is not None else default
 
 
 def _resources(task: dsl.PipelineTask, r: Resources) -> dsl.PipelineTask:
@@ -180,8 +215,12 @@ def apply_platform(task: dsl.PipelineTask, s: ClusterSettings, gpu: bool = False
     if secrets:
         kubernetes.set_image_pull_secrets(task, secrets)
     if s.mlflow_secret:
-        kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret, secret_key_to_env=MLFLOW_SECRET_KEYS,
+        kubernetes.use_secret_as_env(task, secret_name=s.mlflow_secret, secret_key_to_env=dict(s.mlflow_secret_keys),
                                      optional=s.mlflow_secret_optional)
+    if s.s3_secret:
+        # every listed key must exist in the Secret: a missing one stops the pod at start
+        # (CreateContainerConfigError), before any work, which is what we want
+        kubernetes.use_secret_as_env(task, secret_name=s.s3_secret, secret_key_to_env=dict(s.s3_secret_keys))
     if volume is not None:
         kubernetes.mount_pvc(task, pvc_name=volume, mount_path=s.volume_mount)
     if gpu and s.gpu_node_selector:

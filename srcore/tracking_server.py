@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,13 @@ def _redact(uri: str) -> str:
     return p.geturl()
 
 
+def _reason(exc: BaseException) -> str:
+    """The root cause of a request error in a few words (urllib3 nests it deep inside)."""
+    text = str(exc)
+    found = re.findall(r"\[Errno -?\d+\][^'\")]*|Read timed out[^'\")]*|Name or service not known|SSLError[^'\")]*", text)
+    return (found[-1] if found else (text.splitlines()[0] if text else type(exc).__name__))[:200].strip()
+
+
 def _version_tuple(text: str):
     from packaging.version import InvalidVersion, Version
 
@@ -96,9 +104,8 @@ def check_server(uri: str | None = None, timeout: float | None = None) -> str | 
         resp = http_request(get_default_host_creds(uri), "/version", "GET", max_retries=0, timeout=timeout,
                             raise_on_status=False)
     except Exception as e:  # connection refused, DNS, TLS, timeout: MLflow wraps them variously
-        reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise TrackingServerError(
-            f"MLflow tracking server {shown} is unreachable within {timeout:g}s ({reason}); check the URI "
+            f"MLflow tracking server {shown} is unreachable within {timeout:g}s ({_reason(e)}); check the URI "
             "(MLFLOW_TRACKING_URI / mlflow_tracking_uri) and that the server runs and is reachable from here"
         ) from None
     if resp.status_code in (401, 403):
@@ -183,8 +190,7 @@ def _check_proxied(location: str, uri: str, timeout: float) -> None:
                             max_retries=0, timeout=timeout, raise_on_status=False, params={"path": path})
     except Exception as e:
         raise TrackingServerError(f"MLflow tracking server {_redact(uri)} did not list artifacts {location} within "
-                                  f"{timeout:g}s ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-                                  ) from None
+                                  f"{timeout:g}s ({_reason(e)})") from None
     if resp.status_code >= 500:
         raise TrackingServerError(
             f"MLflow tracking server {_redact(uri)} proxies artifacts ({location}) but its artifact store fails "

@@ -78,7 +78,7 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "srgan-test", "AWS_SECRET_ACCESS_KEY": "s
 S3_ENV = (*S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 20, group: bool = False) -> None:
+def _stop(proc: subprocess.Popen, timeout: float = 20, group: bool = False, sig: int = signal.SIGTERM) -> None:
     """Stop `proc` (with `group`: its whole process group, e.g. `mlflow server` and its uvicorn)."""
     def send(sig: int) -> None:
         try:
@@ -86,7 +86,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 20, group: bool = False) -> N
         except ProcessLookupError:
             pass
 
-    send(signal.SIGTERM)
+    send(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -146,7 +146,7 @@ def postgres():
     with psycopg.connect(**dsn) as conn:
         database.version = conn.info.server_version  # e.g. 150014
     yield database
-    _stop(proc, group=True)
+    _stop(proc, group=True, sig=signal.SIGINT)  # PostgreSQL's "fast" shutdown: no waiting for clients
     log.close()
     shutil.rmtree(root, ignore_errors=True)
 
