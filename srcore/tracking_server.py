@@ -20,7 +20,10 @@ Server versions: the client (MLflow 3.17) logs models as MLflow 3 LoggedModels
 (`/api/2.0/mlflow/logged-models`, model ids in metrics and `models:/m-...` registration),
 which exist in MLflow servers from 3.0.0 on (MLflow 3.0.0 release notes, "LoggedModel";
 mlflow/protos/service.proto `createLoggedModel`). Tested against `TESTED_SERVER_VERSION`
-(tests/test_stack.py runs it with PostgreSQL and an S3 store).
+(tests/test_stack.py runs it with PostgreSQL and an S3 store); the oldest 3.x was tried
+once by hand: an MLflow 3.0.1 server (SQLite, proxied local artifacts) ran the smoke job
+(`srgan main --preset smoke --source demo`: runs, LoggedModel, registration, aliases) and
+served `srgan upscale --model models:/NAME@candidate`.
 
 Only http(s) tracking URIs are checked: a local store (sqlite, a folder) has nothing to
 reach. Each check runs once per process and URI.

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 import helpers_tracking as expect
+from helpers_stack import check_stack_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = {"ingest", "train", "evaluate", "register"}
@@ -101,7 +102,7 @@ def _check_artifacts(result: dict, root: Path) -> None:
     assert (evaluation / "metrics.json").is_file()
 
 
-def test_pipeline_local_parent_and_children(mlflow_server, tmp_path, monkeypatch):
+def test_pipeline_local_parent_and_children(mlflow_server, mlflow_stack, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     tag = uuid.uuid4().hex[:8]
@@ -134,6 +135,10 @@ def test_pipeline_local_parent_and_children(mlflow_server, tmp_path, monkeypatch
     assert version.run_id == by_step["train"].info.run_id
     if result["champion"]:
         assert client.get_model_version_by_alias(model_name, "champion").version == result["model_version"]
+    # `mlflow_server` is the cluster-like stack (PostgreSQL, artifacts proxied into S3): the
+    # artifacts are in the bucket, the version resolves by alias (tests/test_stack.py: direct S3)
+    check_stack_outcome(mlflow_stack("proxied"), experiment, model_name, result["model_version"], tmp_path,
+                        upscale=False)
 
 
 def test_pipeline_local_under_mlflow_plugin_env(mlflow_server, tmp_path, monkeypatch):
