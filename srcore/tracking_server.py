@@ -69,10 +69,9 @@ def is_remote(uri: str) -> bool:
 
 
 def _redact(uri: str) -> str:
-    p = urlparse(uri)
-    if p.username or p.password:
-        p = p._replace(netloc=p.hostname + (f":{p.port}" if p.port else ""))
-    return p.geturl()
+    from srcore.data.sources import redact_url  # the one redaction rule of recorded URLs
+
+    return redact_url(uri)
 
 
 def _reason(exc: BaseException) -> str:
