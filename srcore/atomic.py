@@ -1,19 +1,30 @@
 """Safe outputs: files written under a temporary name and renamed into place, and output
 folders that are only ever written into, or replaced, when srgan made them.
 
-The ownership rule (one place for every step that writes a folder: ingest, evaluate,
-upscale, train, export):
+The ownership rule, one for every step that writes a folder (ingest, train, evaluate,
+upscale, export; a sweep's trials are train and evaluate outputs):
 
-- A folder srgan writes carries a marker file, MARKER (`.srgan-output.json`), that names
-  the step (`kind`) and, for folders that are replaced as a whole, every file it holds.
-- `claim_output_dir(path, kind)` may write into `path` when it does not exist yet (it is
-  created), is empty, or carries a marker of the same kind. Anything else (a file, a
-  folder with other content, another step's output) is refused with OutputDirError,
-  which names the folder: srgan never overwrites or deletes what it did not write.
+- A folder srgan writes carries a marker file, MARKER (`.srgan-output.json`), naming the
+  kind of output (`kind`: the step) and, for folders that are replaced as a whole, every
+  file it holds.
+- A step writes into a folder only when it is new (created), empty, or carries a marker
+  of the same kind. Anything else (a file, a folder with other content, another kind's
+  output) is refused with OutputDirError in one line naming the folder and a few of its
+  entries: srgan never overwrites, renames or deletes what it did not write. File names
+  prove nothing (a user's `generator.keras` or `metrics.json` looks like ours).
+- `check_output_dir(path, kind)` checks without touching anything: steps call it before
+  slow work (loading a model, reading data), so a refusal costs nothing, and
+  `claim_output_dir(path, kind)` creates and marks the folder only when the step is about
+  to write (a bad model URI leaves no empty folder behind).
 - `replace_dir_atomically(path, kind, build)` builds a new folder under a hidden sibling
   name and swaps it in. It replaces an old folder only when the old folder's marker is of
   the same kind and the folder holds no file the marker does not list (a file a user
   dropped into it is never deleted).
+- Folders written before markers existed: ingest outputs are adopted when their own
+  record proves it (manifest.json's sha256 over every file matches, see
+  `check_replaceable(proven_files=...)`); for every other kind nothing in the folder
+  proves it, so the refusal says how to adopt it by hand:
+  `python -m srcore.atomic adopt KIND FOLDER` (writes the marker, listing the files).
 - Hidden siblings carry the host and pid of their writer in their name;
   `remove_stale_siblings(path)` deletes the ones whose process is gone (kill -9).
 """
@@ -100,52 +111,89 @@ def write_marker(folder: Path, kind: str, files: list[str] | None = None) -> Non
     write_text_atomic(folder / MARKER, json.dumps(marker, indent=1) + "\n")
 
 
-def claim_output_dir(path: str | os.PathLike, kind: str, adopt: Callable[[str], bool] | None = None) -> Path:
-    """Make `path` a folder that step `kind` may write into (see the module doc).
-
-    `adopt(relative_path)` recognises the files of an output written before markers
-    existed: a folder without a marker whose every file it accepts is claimed too.
-    OSError (e.g. a parent is a file, a name too long) names the folder."""
-    folder = Path(path).expanduser()
+def _exists(folder: Path) -> bool:
     try:
-        exists = folder.exists() or folder.is_symlink()
+        return folder.exists() or folder.is_symlink()
     except OSError as err:
         raise path_error(err, folder, "cannot use output folder") from err
-    if exists:
-        if not folder.is_dir():
-            raise OutputDirError(f"output folder {folder} exists and is not a folder; pass a folder path")
-        marker = read_marker(folder)
-        if marker is not None and marker["kind"] == kind:
-            return folder
-        files = relative_files(folder) if marker is None else []
-        legacy = marker is None and adopt is not None and all(adopt(f) for f in files)
-        if any(folder.iterdir()) and not legacy:
-            raise OutputDirError(_not_ours(folder, kind, marker))
-    else:
-        try:
-            folder.mkdir(parents=True)
-        except OSError as err:
-            raise path_error(err, folder, "cannot create output folder") from err
-    write_marker(folder, kind)
+
+
+def check_output_dir(path: str | os.PathLike, kind: str) -> Path:
+    """Raise OutputDirError unless step `kind` may write into `path` (absent, an empty
+    folder, or a folder with a `kind` marker); touches nothing. OSError names the folder."""
+    folder = Path(path).expanduser()
+    if not _exists(folder):
+        return folder
+    if not folder.is_dir():
+        raise OutputDirError(f"output folder {folder} exists and is not a folder ({_what(folder)}); "
+                             "pass a folder path")
+    marker = read_marker(folder)
+    if marker is not None and marker["kind"] == kind:
+        return folder
+    try:
+        empty = not any(folder.iterdir())
+    except OSError as err:
+        raise path_error(err, folder, "cannot use output folder") from err
+    if not empty:
+        raise OutputDirError(_not_ours(folder, kind, marker))
     return folder
 
 
+def claim_output_dir(path: str | os.PathLike, kind: str) -> Path:
+    """Make `path` a folder that step `kind` writes into (see the module doc): checked,
+    created when absent, marked. Call it when the step is about to write."""
+    folder = check_output_dir(path, kind)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise path_error(err, folder, "cannot create output folder") from err
+    marker = read_marker(check_output_dir(folder, kind))  # again: another process may have raced us
+    if marker is None:
+        write_marker(folder, kind)
+    return folder
+
+
+def _what(path: Path) -> str:
+    try:
+        return "a symbolic link" if path.is_symlink() else f"a file of {path.stat().st_size} bytes"
+    except OSError:
+        return "not readable"
+
+
+def describe_entries(folder: Path, shown: int = 4) -> str:
+    """`a.txt, notes/ and 3 more`: a few entries of a folder, for error messages."""
+    try:
+        names = sorted(e.name + ("/" if e.is_dir() and not e.is_symlink() else "") for e in os.scandir(folder))
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    text = ", ".join(repr(n) if not n.isprintable() else n for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def _not_ours(folder: Path, kind: str, marker: dict | None) -> str:
-    whose = f"it is a {marker['kind']} output" if marker else f"it has other content and no {MARKER} marker"
-    return (
-        f"output folder {folder} was not written by srgan {kind} ({whose}); srgan never "
-        "overwrites or deletes files it did not write: pass a new or empty folder"
-    )
+    holds = describe_entries(folder)
+    if marker is not None:
+        return (f"output folder {folder} is a {printable_kind(marker['kind'])} output, not a {kind} output "
+                f"(it holds {holds}); srgan writes only into new or empty folders or its own {kind} "
+                "outputs: pass another folder")
+    return (f"output folder {folder} was not written by srgan {kind} (it holds {holds} and no {MARKER} "
+            f"marker); srgan never overwrites or deletes files it did not write: pass a new or empty folder "
+            f"(if srgan {kind} wrote it before markers existed: python -m srcore.atomic adopt {kind} {folder})")
+
+
+def printable_kind(kind: str) -> str:
+    return kind if kind.isprintable() and len(kind) <= 40 else repr(kind[:40])
 
 
 def check_replaceable(
-    path: str | os.PathLike, kind: str, legacy_files: Callable[[Path], set[str] | None] | None = None
+    path: str | os.PathLike, kind: str, proven_files: Callable[[Path], set[str] | None] | None = None
 ) -> None:
     """Raise OutputDirError unless `path` is absent, empty, or a complete `kind` output that
-    holds only files its marker lists. `legacy_files(folder)` may recognise an output
-    written before markers existed, returning the files it lists (None: not ours)."""
+    holds only files its marker lists. `proven_files(folder)` may prove, from the folder's
+    own records, that it is a `kind` output written before markers existed: it returns the
+    files it holds (None: not proven); the folder is then adopted (marked)."""
     folder = Path(path).expanduser()
-    if not (folder.exists() or folder.is_symlink()):
+    if not _exists(folder):
         return
     if folder.is_symlink():
         raise OutputDirError(
@@ -153,15 +201,20 @@ def check_replaceable(
             f"({os.path.realpath(folder)}) instead"
         )
     if not folder.is_dir():
-        raise OutputDirError(f"output folder {folder} exists and is not a folder; pass a folder path")
+        raise OutputDirError(f"output folder {folder} exists and is not a folder ({_what(folder)}); "
+                             "pass a folder path")
     if not any(folder.iterdir()):
         return
     marker = read_marker(folder)
     listed: set[str] | None = None
     if marker is not None and marker["kind"] == kind and isinstance(marker.get("files"), list):
         listed = set(marker["files"]) | {MARKER}
-    elif marker is None and legacy_files is not None:
-        listed = legacy_files(folder)
+    elif marker is None and proven_files is not None:
+        listed = proven_files(folder)
+        if listed is not None:
+            log.info("%s: its own records prove srgan %s wrote it (before markers existed): adopting it", folder, kind)
+            write_marker(folder, kind, sorted(listed - {MARKER}))
+            listed |= {MARKER}
     if listed is None:
         raise OutputDirError(_not_ours(folder, kind, marker))
     foreign = sorted(set(relative_files(folder)) - listed)
@@ -171,6 +224,21 @@ def check_replaceable(
             f"output folder {folder} is an earlier {kind} output but also holds files it did not "
             f"write ({shown}); move them away or pass another folder"
         )
+
+
+def adopt(path: str | os.PathLike, kind: str) -> Path:
+    """Mark a folder written by srgan `kind` before markers existed as that kind's output
+    (listing the files it holds now). The user's decision: nothing in such a folder proves
+    who wrote it. Refused when it carries another kind's marker."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or folder.is_symlink():
+        raise OutputDirError(f"{folder} is not a folder (a symbolic link is not adopted: pass the real folder)")
+    marker = read_marker(folder)
+    if marker is not None and marker["kind"] != kind:
+        raise OutputDirError(f"{folder} already carries a {printable_kind(marker['kind'])} marker; not changed")
+    write_marker(folder, kind, [f for f in relative_files(folder) if f != MARKER])
+    log.info("%s is now marked as a srgan %s output (%s)", folder, kind, describe_entries(folder))
+    return folder
 
 
 def relative_files(folder: Path) -> list[str]:
@@ -187,13 +255,13 @@ def replace_dir_atomically(
     path: str | os.PathLike,
     kind: str,
     build: Callable[[Path], T],
-    legacy_files: Callable[[Path], set[str] | None] | None = None,
+    proven_files: Callable[[Path], set[str] | None] | None = None,
 ) -> T:
     """Run `build(temp)` in a hidden sibling of `path`, mark it, then swap it into place.
     An old folder is replaced only if check_replaceable allows it (checked before the
     build and again before the swap); on failure nothing but the temporary is removed."""
     out = Path(path).expanduser().absolute()
-    check_replaceable(out, kind, legacy_files)
+    check_replaceable(out, kind, proven_files)
     remove_stale_siblings(out)
     temp = sibling(out, "tmp")
     try:
@@ -203,7 +271,7 @@ def replace_dir_atomically(
             raise path_error(err, out, "cannot create output folder") from err
         result = build(temp)
         write_marker(temp, kind, [f for f in relative_files(temp) if f != MARKER])
-        check_replaceable(out, kind, legacy_files)
+        check_replaceable(out, kind, proven_files)
         _swap(temp, out)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
@@ -278,3 +346,30 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
+
+
+KINDS = ("ingest", "train", "evaluate", "upscale", "export")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m srcore.atomic adopt KIND FOLDER`: the migration for folders srgan wrote
+    before ownership markers existed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m srcore.atomic", description=main.__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("adopt", help="mark FOLDER as srgan KIND's output (only if srgan wrote it)")
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        adopt(args.folder, args.kind)
+    except (OutputDirError, OSError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

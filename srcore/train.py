@@ -25,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
 from srcore import gpu, tracking
-from srcore.atomic import claim_output_dir, write_atomic, write_text_atomic
+from srcore.atomic import check_output_dir, claim_output_dir, write_atomic, write_text_atomic
 from srcore.config import Config, ConfigError
 from srcore.data.dataset import VAL_FRACTION, train_count, train_dataset, val_faces, validation_images
 from srcore.data.download import DownloadLimits
@@ -46,6 +46,7 @@ SRRESNET_FILE = "srresnet.keras"
 # Tests only: fail once right after epoch N is checkpointed (pod-restart simulation).
 FAULT_ENV = "SRGAN_FAULT_AFTER_EPOCH"
 FAULT_MARKER = "fault_injected"
+OUTPUT_KIND = "train"  # srcore.atomic marker kind of a model_dir
 
 
 ARCH_FILE = "architecture.json"  # the fields that shape the checkpointed variables, written at start
@@ -89,8 +90,9 @@ def _recorded_architecture(model_dir: Path) -> dict | None:
 
 def check_architecture(cfg: Config, model_dir: str | os.PathLike | None = None) -> None:
     """Refuse, in one line naming the differing fields and --model-dir, a model folder whose
-    checkpoints have another architecture. Cheap: `srgan main` calls it before any run opens."""
-    folder = Path(model_dir or cfg.model_dir).expanduser()
+    checkpoints have another architecture, and (first) one train may not write into
+    (srcore.atomic's ownership rule). Cheap: `srgan main` calls it before any run opens."""
+    folder = check_output_dir(Path(model_dir or cfg.model_dir).expanduser(), OUTPUT_KIND)
     stored = _recorded_architecture(folder) if folder.is_dir() else None
     if not stored:
         return
@@ -388,12 +390,6 @@ def _validation_note(cfg: Config, data_dir: Path, n_val: int) -> dict[str, str]:
     return {"val.faces": "0", "val.skipped_reason": why}
 
 
-def _is_training_output(relative_path: str) -> bool:
-    """A file of a training folder written before ownership markers existed."""
-    return relative_path.startswith("checkpoints/") or relative_path in (
-        RUN_ID_FILE, MODEL_URI_FILE, GENERATOR_FILE, SRRESNET_FILE, FAULT_MARKER, "train_summary.json", ARCH_FILE)
-
-
 def _last_logged(run_id: str, key: str) -> int:
     """The highest step at which `key` was logged in the run (0 if never)."""
     history = mlflow.tracking.MlflowClient().get_metric_history(run_id, key)
@@ -436,9 +432,11 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
     gpu_tags = gpu.preflight(cfg.require_gpu)  # seconds, before anything is built or logged
     cfg, reasons = resolve(cfg)
     data_dir = Path(data_dir or cfg.data_dir)
-    # srcore.atomic's ownership rule: resume in a folder train made, never write into another
-    model_dir = claim_output_dir(Path(model_dir or cfg.model_dir), "train", adopt=_is_training_output)
+    # srcore.atomic's ownership rule (checked by check_architecture): resume in a folder train
+    # made, never write into another; created only once the data is known good (no empty
+    # folder left by a bad data_dir)
     manifest = read_manifest(data_dir)
+    model_dir = claim_output_dir(Path(model_dir or cfg.model_dir), OUTPUT_KIND)
     trainer = Trainer(cfg, data_dir, model_dir, steps_per_epoch(cfg, data_dir))
     start_epoch = trainer.restore()
     write_text_atomic(model_dir / ARCH_FILE, json.dumps(architecture(cfg), indent=2))  # restored fine: this is it

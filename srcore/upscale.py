@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -47,7 +46,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from srcore.atomic import claim_output_dir, write_atomic
+from srcore.atomic import check_output_dir, claim_output_dir, write_atomic
 from srcore.data import images as image_rules
 from srcore.data.sources import MAX_ENTRY_BYTES, EntryTooLarge, FileRef, NotRegularFile, printable
 from srcore.data.degrade import from_unit, to_unit
@@ -206,11 +205,6 @@ class UpscaledFiles(list):
 OUTPUT_KIND = "upscale"
 
 
-def _is_upscale_output(relative_path: str) -> bool:
-    """A file upscale writes (recognises output folders made before ownership markers)."""
-    return re.fullmatch(r"[^/]*_x\d+\.png", relative_path) is not None
-
-
 def upscale_files(
     model_uri_or_path: str | os.PathLike,
     inputs: Iterable[str | os.PathLike],
@@ -233,12 +227,13 @@ def upscale_files(
     from srcore.progress import progress
 
     tile = _tile_size(tile, overlap)
-    check_model_source(str(model_uri_or_path))  # a bogus model: one line, no output folder left behind
-    out = claim_output_dir(out_dir, OUTPUT_KIND, adopt=_is_upscale_output)  # before loading the model
+    check_model_source(str(model_uri_or_path))  # a bogus model: one line, before anything else
+    check_output_dir(out_dir, OUTPUT_KIND)  # srcore.atomic's ownership rule: refused before any work
     generator = resolve_generator(str(model_uri_or_path))
     factor = generator_scale(generator)
     check_scale(scale, factor, str(model_uri_or_path))
     files = expand_inputs(inputs)
+    out = claim_output_dir(out_dir, OUTPUT_KIND)  # only now: a bad model or input leaves no folder behind
 
     result = UpscaledFiles()
     used_names: set[str] = set()

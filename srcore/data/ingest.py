@@ -61,7 +61,7 @@ from srcore.data.images import (  # noqa: F401 - re-exported: ingest's image rul
     COLOR_RULE, PNG_COMPRESS_LEVEL, BadImage, center_box, crop_to_png, encode_png, to_rgb8,
 )
 from srcore.data.manifest import (  # noqa: F401 - re-exported for older imports
-    FORMAT_VERSION, MANIFEST, TEST_DIR, TRAIN_DIR, content_hash, file_sha256, legacy_output_files,
+    FORMAT_VERSION, MANIFEST, TEST_DIR, TRAIN_DIR, content_hash, file_sha256, proven_output_files,
     load_manifest, write_manifest,
 )
 from srcore.data.tfrecord import ShardWriter, open_record_file, serialize_example  # noqa: F401
@@ -124,7 +124,7 @@ def ingest(cfg: Config, out_dir: str | os.PathLike | None = None) -> dict:
         return _build(cfg, candidates, skipped, selection, source, params, folder)
 
     try:
-        manifest = replace_dir_atomically(out, OUTPUT_KIND, build, legacy_files=legacy_output_files)
+        manifest = replace_dir_atomically(out, OUTPUT_KIND, build, proven_files=proven_output_files)
     except OutputDirError as err:
         raise ConfigError(f"invalid parameter data_dir={str(out)!r}: {err}") from None
     counts = manifest["counts"]
@@ -163,7 +163,7 @@ def _check_output_dir(out: Path) -> None:
     from srcore.atomic import check_replaceable
 
     try:
-        check_replaceable(out, OUTPUT_KIND, legacy_files=legacy_output_files)
+        check_replaceable(out, OUTPUT_KIND, proven_files=proven_output_files)
     except OutputDirError as err:
         raise ConfigError(f"invalid parameter data_dir={str(out)!r}: {err}") from None
     except OSError as err:

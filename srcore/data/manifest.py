@@ -83,8 +83,20 @@ def listed_files(manifest: dict) -> set[str]:
     return files
 
 
-def legacy_output_files(folder: Path) -> set[str] | None:
-    """For an ingest output written before ownership markers: the files its manifest
-    lists when the manifest is in our format, else None (not an ingest output)."""
+def proven_output_files(folder: Path) -> set[str] | None:
+    """For an ingest output written before ownership markers: the files its manifest lists,
+    when its record proves ingest wrote them (a manifest in our format whose content hash,
+    the sha256 over every file, matches the folder); else None (not proven ours)."""
     manifest = load_manifest(folder)
-    return None if manifest is None or "content_hash" not in manifest else listed_files(manifest)
+    if manifest is None or not isinstance(manifest.get("content_hash"), str):
+        return None
+    listed = listed_files(manifest)
+    try:
+        entries = list(folder.rglob("*"))
+        if any(p.is_symlink() for p in entries):
+            return None
+        if {p.relative_to(folder).as_posix() for p in entries if not p.is_dir()} - {MARKER} != listed:
+            return None
+        return listed if content_hash(folder) == manifest["content_hash"] else None
+    except OSError:
+        return None
