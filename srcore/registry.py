@@ -27,19 +27,34 @@ Metric names are read through srcore.metric_names: metrics.json files and champi
 written with the old underscore names (`test_psnr_y`, `metric.test_psnr_y`) still count.
 The version's description is its model card (srcore.model_card), written after the gate.
 
-Idempotent: registering a model URI that already has a version of this model (tag
-`srgan.model_uri` or the version's source) reuses that version instead of creating a
-duplicate, so a retried register task does not add versions.
+Valid input only: the metrics must be a JSON object, and every metric the registry reads
+(each one it tags, the gate metric and its bicubic baseline) must be finite and in its
+range (PSNR in (0, 100) dB, SSIM in [-1, 1], LPIPS >= 0, a gain any finite number), with
+a name that fits a version tag key: anything else is refused, naming the file and key,
+before anything is registered. The model URI must point at an MLflow model (its MLmodel
+is read) and the model name must not be blank. A champion whose own tag is not a valid
+value is never compared against (the reason says so).
 
-Concurrency: the gate reads the champion, compares, sets the alias, then reads the
+Idempotent, also under concurrency and for any model name: each version carries
+`srgan.registration_key`, a sha256 of (model name, model URI), so the lookup is a tag
+search whose value never needs quoting. Registering creates the version with that tag
+in one call (the registry's own atomic step), then searches the key: of the versions
+carrying it the lowest version number wins and every other one is deleted, so racing
+registrations of one URI end with one version, the same for all of them. A URI
+registered before the key existed is found by `srgan.model_uri` (or the version's
+source) and gets the key. Registering again re-tags the version with the new
+evaluation's metrics (no stale values stay).
+
+Concurrency of the gate: it reads the champion, compares, sets the alias, then reads the
 alias back and reports `champion=False` when another registration moved it meanwhile.
-Two registrations racing on one model name can still leave the later writer as
-champion without it having been compared against the other; the pipeline registers
-one model per run, so run concurrent pipelines under different model names.
+Two registrations of different models racing on one model name can still leave the later
+writer as champion without it having been compared against the other; the pipeline
+registers one model per run, so run concurrent pipelines under different model names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -55,7 +70,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from srcore import metric_names
-from srcore.config import Config
+from srcore.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +82,9 @@ TEST_SPLIT_TAG = "eval.test_split_hash"
 MODEL_URI_TAG = "srgan.model_uri"
 GATE_REASON_TAG = "gate.reason"
 GATE_DECISION_TAG = "gate.decision"
+REGISTRATION_KEY_TAG = "srgan.registration_key"
+MAX_TAG_KEY = 250  # MLflow's limit on a model version tag key
+MAX_PSNR_DB = 100.0  # 8-bit images: 100 dB is an MSE of 6.5e-6, i.e. identical pixels
 REGISTRATION_TIMEOUT_S = 300  # a remote registry may copy artifacts before READY
 SEARCH_PAGE = 200
 
@@ -87,6 +105,11 @@ class Evaluation:
     test_split_hash: str | None = None  # hash of the test split alone, when evaluate writes one
     eval_run_id: str | None = None  # the evaluate run (the model card links to it)
     counts: Mapping[str, Any] | None = None
+    source: str = "metrics"  # where the metrics came from, for error messages
+
+
+class RegistryError(RuntimeError):
+    """The registry refused or failed a request; the message is one line."""
 
 
 def register(
@@ -98,22 +121,29 @@ def register(
     """Register `model_uri` under cfg.registered_model_name (or reuse its existing
     version), tag it, move `candidate` to it and `champion` if it passes the gate (see
     module doc). `manifest_hash` defaults to the metrics' `data_manifest_hash`."""
-    evaluation = read_evaluation(metrics)
+    name = _check_model_name(cfg.registered_model_name)
+    evaluation = read_evaluation(metrics)  # every value checked: refused before anything is registered
     manifest_hash = manifest_hash or evaluation.manifest_hash
     split_hash = evaluation.test_split_hash or manifest_hash
-    new_value = _gate_value(evaluation, cfg)  # fails before anything is registered
-    client = MlflowClient()
-    name = cfg.registered_model_name
+    new_value = _gate_value(evaluation, cfg)
+    try:
+        return _register(cfg, name, model_uri, evaluation, manifest_hash, split_hash, new_value)
+    except MlflowException as e:  # e.g. a tag the server refuses, or the server itself: one line
+        raise RegistryError(f"registering {model_uri!r} as {name!r} failed: {_first_line(e.message)}") from e
 
+
+def _register(cfg: Config, name: str, model_uri: str, evaluation: Evaluation, manifest_hash: str | None,
+              split_hash: str | None, new_value: float) -> RegisterResult:
+    client = MlflowClient()
+    tags = _version_tags(evaluation, manifest_hash, split_hash, model_uri)
     existing = find_version(client, name, model_uri)
     if existing is not None:
-        version = existing.version
+        version = str(existing.version)
         log.info("%s is already version %s of %s: reusing it (no duplicate)", model_uri, version, name)
+        _retag(client, name, existing, tags)
     else:
-        version = mlflow.register_model(
-            model_uri, name, await_registration_for=REGISTRATION_TIMEOUT_S,
-            tags=_version_tags(evaluation, manifest_hash, split_hash, model_uri),
-        ).version
+        _check_model_uri(model_uri)
+        version, existing = register_once(client, name, model_uri, tags)
     client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
 
     promote, reason = _gate(cfg, evaluation, new_value, split_hash, str(version), _current_champion(client, name))
@@ -133,14 +163,75 @@ def register(
     return result
 
 
+def registration_key(name: str, model_uri: str) -> str:
+    """The value of REGISTRATION_KEY_TAG: hex, so a search filter never needs quoting."""
+    return hashlib.sha256(f"{name}\0{model_uri}".encode()).hexdigest()
+
+
 def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersion | None:
-    """The existing version of `name` registered from `model_uri`, if any."""
+    """The existing version of `name` registered from `model_uri`, if any (the lowest
+    number, should duplicates exist)."""
+    found = _versions_with_key(client, name, registration_key(name, model_uri))
+    if found:
+        return min(found, key=lambda v: int(v.version))
+    legacy = _legacy_version(client, name, model_uri)
+    if legacy is not None:  # registered before the key existed: give it the key
+        client.set_model_version_tag(name, str(legacy.version), REGISTRATION_KEY_TAG, registration_key(name, model_uri))
+    return legacy
+
+
+def register_once(client: MlflowClient, name: str, model_uri: str,
+                  tags: Mapping[str, str]) -> tuple[str, ModelVersion | None]:
+    """Create a version of `name` from `model_uri` carrying its registration key, then
+    resolve duplicates made by concurrent calls: the lowest version number with the key
+    wins, every other one is deleted (each caller computes the same winner). Returns
+    (version, None) when this call's version won, else (winner, the winner's ModelVersion)."""
+    key = registration_key(name, model_uri)
+    mine = str(mlflow.register_model(model_uri, name, await_registration_for=REGISTRATION_TIMEOUT_S,
+                                     tags={**tags, REGISTRATION_KEY_TAG: key}).version)
+    found = {str(v.version): v for v in _versions_with_key(client, name, key)}
+    winner = min({*found, mine}, key=int)
+    for version in sorted({*found, mine} - {winner}, key=int):
+        log.info("version %s of %s duplicates version %s (a concurrent registration of %s): deleting it",
+                 version, name, winner, model_uri)
+        try:
+            client.delete_model_version(name, version)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # another caller deleted it first: fine
+                raise
+    if winner == mine:
+        return mine, None
+    log.info("%s is already version %s of %s (registered concurrently): reusing it", model_uri, winner, name)
+    winning = found.get(winner) or client.get_model_version(name, winner)
+    _retag(client, name, winning, tags)
+    return winner, winning
+
+
+def _versions_with_key(client: MlflowClient, name: str, key: str) -> list[ModelVersion]:
+    out: list[ModelVersion] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"tags.`{REGISTRATION_KEY_TAG}` = '{key}'", max_results=SEARCH_PAGE,
+                                            page_token=token)
+        # the name is compared here, not in the filter: MLflow filters cannot quote every name
+        out += [v for v in page if v.name == name]
+        token = page.token
+        if not token:
+            return out
+
+
+def _legacy_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersion | None:
+    """A version registered before REGISTRATION_KEY_TAG existed: by srgan.model_uri or source."""
+    quoted = _quoted(name)
+    if quoted is None:  # holds both quote characters: no filter string can name it
+        log.debug("model name %r cannot be quoted in a search filter: no lookup of versions without a key", name)
+        return None
     try:
         token = None
         while True:
-            page = client.search_model_versions(f"name = '{_quote(name)}'", max_results=SEARCH_PAGE, page_token=token)
+            page = client.search_model_versions(f"name = {quoted}", max_results=SEARCH_PAGE, page_token=token)
             for v in page:
-                if (v.tags or {}).get(MODEL_URI_TAG) == model_uri or v.source == model_uri:
+                if v.name == name and ((v.tags or {}).get(MODEL_URI_TAG) == model_uri or v.source == model_uri):
                     return v
             token = page.token
             if not token:
@@ -151,8 +242,54 @@ def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersio
         raise
 
 
-def _quote(name: str) -> str:
-    return name.replace("'", "\\'")
+def _quoted(name: str) -> str | None:
+    """`name` as a filter-string literal. MLflow strips the quotes and unescapes nothing,
+    so the only safe quote is one the name does not contain."""
+    for quote in ("'", '"'):
+        if quote not in name:
+            return f"{quote}{name}{quote}"
+    return None
+
+
+def _retag(client: MlflowClient, name: str, version: ModelVersion, tags: Mapping[str, str]) -> None:
+    """Make the version's evaluation tags those of this registration: set the new ones,
+    delete metric and hash tags the new evaluation does not have (no stale values)."""
+    replaced = (METRIC_TAG_PREFIX, MANIFEST_HASH_TAG, TEST_SPLIT_TAG)
+    for key in sorted(version.tags or {}):
+        if key.startswith(replaced) and key not in tags:
+            client.delete_model_version_tag(name, str(version.version), key)
+    for key, value in tags.items():
+        if (version.tags or {}).get(key) != value:
+            client.set_model_version_tag(name, str(version.version), key, value)
+
+
+def _check_model_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"invalid parameter registered_model_name={name!r}: blank; set a model name")
+    if name != name.strip():
+        raise ConfigError(f"invalid parameter registered_model_name={name!r}: leading or trailing spaces; remove them")
+    return name
+
+
+def _check_model_uri(model_uri: str) -> None:
+    """Refuse a URI that is not an MLflow model before registering it (MLflow would
+    register any string as a version's source)."""
+    if not isinstance(model_uri, str) or not model_uri.strip():
+        raise ConfigError(f"invalid parameter model_uri={model_uri!r}: blank; pass the model URI train printed")
+    try:
+        from mlflow.models import get_model_info
+
+        get_model_info(model_uri)  # reads the model's MLmodel file, nothing more
+    except Exception as e:  # noqa: BLE001 - whatever the reason, it is not a model we can register
+        message = e.message if isinstance(e, MlflowException) else str(e)
+        raise ConfigError(
+            f"invalid parameter model_uri={model_uri!r}: not an MLflow model ({_first_line(message)}); pass the "
+            "model URI train printed (runs:/<run id>/upscaler or models:/<name>/<version>)"
+        ) from None
+
+
+def _first_line(text: Any) -> str:
+    return (str(text).strip().splitlines() or ["unknown error"])[0][:300]
 
 
 # ---- metrics -----------------------------------------------------------------------
@@ -162,13 +299,31 @@ def read_evaluation(metrics: Mapping[str, Any] | str | os.PathLike) -> Evaluatio
     """Numeric metrics from evaluate's output: a path to metrics.json, a flat mapping
     {name: value}, or {"metrics": {...}, "how": {...}}. A value may be a number or a
     summary {"mean": number, ...}; other entries (strings such as the model label or
-    the manifest hash, None, nested blocks) are not metrics."""
+    the manifest hash, None, nested blocks) are not metrics. Every metric must be valid
+    (check_metric) and its name fit a tag key: ValueError naming the source and key."""
+    source = "metrics"
     if isinstance(metrics, (str, os.PathLike)):
+        source = f"metrics file {metrics}"
         metrics = _load_json(Path(metrics))
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping or a path to metrics.json, got {type(metrics).__name__}")
+        raise ValueError(f"{source} holds a JSON {_json_type(metrics)}, not an object: expected evaluate's "
+                         "metrics.json ({\"test_psnr_y\": ..., \"bicubic_psnr_y\": ...})")
     values = metrics["metrics"] if isinstance(metrics.get("metrics"), Mapping) else metrics
-    numeric = metric_names.migrate({name: v for name, raw in values.items() if (v := _as_number(raw)) is not None})
+    numeric = {}
+    for name, raw in values.items():
+        value = _as_number(raw)
+        if value is None:
+            continue
+        key = f"{METRIC_TAG_PREFIX}{name}"
+        if not isinstance(name, str) or len(key) > MAX_TAG_KEY:
+            shown = repr(name)[:60] + ("..." if len(repr(name)) > 60 else "")
+            raise ValueError(f"{source}: metric key {shown} ({len(str(name))} characters) does not fit a version "
+                             f"tag key ({MAX_TAG_KEY - len(METRIC_TAG_PREFIX)} characters at most); rename it")
+        problem = check_metric(name, value)
+        if problem:
+            raise ValueError(f"{source}: {name}={value!r} {problem}; re-run evaluate or fix the file")
+        numeric[name] = value
+    numeric = metric_names.migrate(numeric)
     how = metrics.get("how") if isinstance(metrics.get("how"), Mapping) else None
     manifest_hash = metrics.get("data_manifest_hash")
     split_hash = metrics.get("test_split_hash")
@@ -176,7 +331,32 @@ def read_evaluation(metrics: Mapping[str, Any] | str | os.PathLike) -> Evaluatio
     counts = metrics.get("counts") if isinstance(metrics.get("counts"), Mapping) else None
     return Evaluation(metrics=numeric, how=how, manifest_hash=manifest_hash if isinstance(manifest_hash, str) else None,
                       test_split_hash=split_hash if isinstance(split_hash, str) and split_hash else None,
-                      eval_run_id=eval_run_id if isinstance(eval_run_id, str) else None, counts=counts)
+                      eval_run_id=eval_run_id if isinstance(eval_run_id, str) else None, counts=counts,
+                      source=source)
+
+
+
+def check_metric(name: str, value: float) -> str | None:
+    """Why `value` cannot be metric `name` (None when it can). The range comes from the
+    metric's kind, found in its name whatever its spelling (test_psnr_y, test/psnr_y):
+    a gain is any finite number, PSNR in (0, MAX_PSNR_DB) dB, SSIM in [-1, 1], LPIPS >= 0."""
+    lower = name.lower()
+    if not math.isfinite(value):
+        return "is not a finite number"
+    if "gain" in lower:
+        return None
+    if "psnr" in lower and not 0.0 < value < MAX_PSNR_DB:
+        return f"is not a PSNR (a number of dB > 0 and < {MAX_PSNR_DB:g})"
+    if "ssim" in lower and not -1.0 <= value <= 1.0:
+        return "is not an SSIM (a number in [-1, 1])"
+    if "lpips" in lower and value < 0.0:
+        return "is not an LPIPS distance (a number >= 0)"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, numbers.Number) else type(value).__name__)
 
 
 def _load_json(path: Path) -> Any:
@@ -184,8 +364,10 @@ def _load_json(path: Path) -> Any:
         raise FileNotFoundError(f"metrics file {path} does not exist (expected evaluate's metrics.json)")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"metrics file {path} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise ValueError(f"metrics file {path} is nested too deeply to be evaluate's metrics.json") from None
 
 
 def _as_number(raw: Any) -> float | None:
@@ -270,11 +452,17 @@ def _gate(cfg: Config, evaluation: Evaluation, new_value: float, split_hash: str
             f"({_short(champion_split)} vs {_short(split_hash)}): not compared, stays candidate "
             "(promote by hand after checking both on one split)"
         )
-    old_value = _tag_number(champion.tags.get(f"{METRIC_TAG_PREFIX}{metric}")
-                            or champion.tags.get(f"{METRIC_TAG_PREFIX}{metric_names.legacy(metric)}"))
+    tag = f"{METRIC_TAG_PREFIX}{metric}"
+    if tag not in champion.tags:  # tagged before the grouped names
+        tag = f"{METRIC_TAG_PREFIX}{metric_names.legacy(metric)}"
+    old_value = _tag_number(champion.tags.get(tag))
     if old_value is None:
         return False, (f"{reason}; but champion version {champion.version} has no usable {metric} tag: "
                        "not compared, stays candidate")
+    problem = check_metric(metric, old_value)
+    if problem:  # e.g. an inf registered before values were checked: it would win forever
+        return False, (f"{reason}; but champion version {champion.version}'s tag {tag}={old_value!r} {problem}: "
+                       "not compared, stays candidate (fix that tag or promote by hand)")
     better = new_value > old_value if mode == "max" else new_value < old_value
     relation = "better than" if better else "not better than"
     verdict = "promoted" if better else f"champion stays version {champion.version}"

@@ -150,7 +150,8 @@ def test_worse_than_bicubic_never_becomes_the_first_champion(sqlite):
 def test_the_margin_over_bicubic_is_strict(sqlite):
     cfg = unique_cfg(gate_min_gain=0.5)
     assert not register(cfg, log_stub_model(), scored(20.5, bicubic=20.0)).champion  # gain == margin
-    assert not register(cfg, log_stub_model(), scored(21.0, split=None) | {"test/bicubic_psnr_y": float("nan")}).champion
+    with pytest.raises(ValueError, match="test/bicubic_psnr_y=nan is not a finite number"):  # refused, not registered
+        register(cfg, log_stub_model(), scored(21.0, split=None) | {"test/bicubic_psnr_y": float("nan")})
     result = register(cfg, log_stub_model(), scored(20.75, bicubic=20.0))
     assert result.champion and "> 0.5" in result.reason
 
@@ -176,7 +177,7 @@ def test_nan_gate_metric_never_registers(sqlite, tmp_path):
     cfg = unique_cfg()
     path = tmp_path / "metrics.json"
     path.write_text('{"test_psnr_y": NaN, "bicubic_psnr_y": 20.0}')  # what json.dumps writes for nan
-    with pytest.raises(ValueError, match="missing or NaN"):
+    with pytest.raises(ValueError, match=f"metrics file {path}: test_psnr_y=nan is not a finite number"):
         register(cfg, log_stub_model(), path)
     assert MlflowClient().search_registered_models(f"name = '{cfg.registered_model_name}'") == []
 
