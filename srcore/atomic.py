@@ -92,6 +92,15 @@ def path_error(err: OSError, path: str | os.PathLike, doing: str) -> OSError:
     return new
 
 
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a string starting with = + - @ (or a tab or
+    CR, which some spreadsheets skip before such a character) gets a leading single quote
+    (OWASP CSV injection). Numbers are left alone: a negative number is data, not a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 # ---- folders ------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from srcore import metrics as M
-from srcore.atomic import check_output_dir, claim_output_dir, write_atomic, write_text_atomic
+from srcore.atomic import check_output_dir, claim_output_dir, spreadsheet_safe, write_atomic, write_text_atomic
 from srcore.config import Config
 from srcore.data import degrade
 from srcore.data.dataset import load_test_images
@@ -321,7 +321,8 @@ def _safe_name(name: str) -> str:
 
 
 def _csv_value(value: Any) -> Any:
-    return f"{value:.6f}" if isinstance(value, float) else value
+    # image names come from the source's file names: never a formula in a spreadsheet
+    return f"{value:.6f}" if isinstance(value, float) else spreadsheet_safe(value)
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from srcore.atomic import spreadsheet_safe
 from srcore.config import Config, ConfigError, apply_overrides, coerce
 from srcore.metric_names import VAL, migrate
 
@@ -294,7 +295,7 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: ("" if v is None else spreadsheet_safe(v)) for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
