@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import pytest
 from helpers_images import celeba_names, small_config, tree, write_images
+from helpers_store import store, tracked  # noqa: F401 - fixtures
 from PIL import Image
 
 from srcore.atomic import MARKER, OutputDirError, adopt, spreadsheet_safe
@@ -37,25 +38,6 @@ def small_image(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("img") / "face.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One SQLite store for the module: creating one costs seconds, runs in it are cheap."""
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()  # creates the tables once
-    return uri
-
-
-@pytest.fixture
-def tracked(store, monkeypatch):
-    from conftest import _end_runs, _use_tracking_store
-
-    _use_tracking_store(store, monkeypatch)
-    yield store
-    _end_runs()
 
 
 @pytest.fixture
