@@ -236,7 +236,8 @@ def _upload(model: Any, uri: str, max_pixels: int, max_batch: int) -> str:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     with tempfile.TemporaryDirectory(prefix="srgan-savedmodel-") as tmp:
-        local = write_savedmodel(load_model(model), Path(tmp) / "sm", max_pixels, max_batch)
+        local = Path(tmp) / "sm"
+        _save(load_model(model), local, max_pixels, max_batch)  # a fresh folder: no ownership marker uploaded
         get_artifact_repository(uri).log_artifacts(str(local))
     log.info("uploaded SavedModel to %s", uri)
     return uri
