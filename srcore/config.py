@@ -135,7 +135,7 @@ class Config:
     deploy_memory: str = _f("4Gi", "memory request and limit per predictor replica")
     deploy_concurrency: int = _f(2, "requests one predictor replica works on at once (Knative containerConcurrency)", ge=0)
     deploy_image: str = _f("", "image of the predictor (the project's own: it runs srcore.server); empty = the pipeline's: its CPU image, or train's CUDA image when deploy_gpus > 0")
-    deploy_wait_seconds: int = _f(600, "how long deploy waits for the InferenceService to become Ready", ge=1)
+    deploy_wait_seconds: int = _f(600, "deploy's total deadline in seconds: every Kubernetes API call and the wait for the InferenceService to become Ready", ge=1)
     sweep_metric: str = _f("val/psnr_y", "metric that picks the best trial of a sweep (better = gate_mode); a val/* metric, so the test split never chooses")
 
     # ---- tracking -----------------------------------------------------------------

@@ -34,8 +34,11 @@ labels, annotations and spec (fields this module manages but no longer sets are
 patched to null, so turning GPUs off really removes the GPU limit). Ready: the Ready
 condition is True *for the new generation* (status.observedGeneration >=
 metadata.generation), so a patch is not reported Ready on the strength of the previous
-revision's status. RBAC the deploy pod needs: get, create, patch on
-inferenceservices.serving.kserve.io in the namespace (nothing else).
+revision's status. Deadline: deploy_wait_seconds bounds the whole deploy, and every API
+call carries a `_request_timeout` within it (srcore.api_deadline), so an API server that
+accepts the connection and never answers fails the step in one line naming it. RBAC the
+deploy pod needs: get, create, patch on inferenceservices.serving.kserve.io in the
+namespace (nothing else).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from srcore import api_deadline
+from srcore.api_deadline import Deadline
 from srcore.config import Config
 
 log = logging.getLogger(__name__)
@@ -118,6 +123,7 @@ CONTAINER_NAME = "kserve-container"  # constants.InferenceServiceContainerName
 STORAGE_URI_ENV = "STORAGE_URI"  # constants.CustomSpecStorageUriEnvVarKey
 MODEL_MOUNT = "/mnt/models"  # constants.DefaultModelLocalMountPath
 PORT = 8080  # Knative's default user port
+API_CALL_MAX_S = 60.0  # one API call (retries included) within deploy's total deadline
 RBAC_VERBS = ("get", "create", "patch")  # what apply() and wait_ready() call, on inferenceservices
 
 
@@ -228,22 +234,52 @@ def custom_objects_api(api_client: Any = None) -> Any:
     return client.CustomObjectsApi(api_client)
 
 
-def apply(api: Any, manifest: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Create the InferenceService or patch the existing one; returns (action, object)."""
+def api_server(api: Any) -> str:
+    """The API server `api` talks to, as it may be logged (credentials redacted)."""
+    from srcore.data.sources import redact_url
+
+    conf = getattr(getattr(api, "api_client", None), "configuration", None)
+    return redact_url(str(getattr(conf, "host", "") or "<unknown API server>"))
+
+
+def _call(api: Any, deadline: Deadline, what: str, method: str, *args: Any) -> Any:
+    """One API call bounded by `deadline` (srcore.api_deadline: retries included); no
+    answer in time is a DeployError naming the API server."""
+    import urllib3
+
+    if deadline.expired():
+        raise DeployError(f"{what}: deploy's deadline of {deadline.seconds:.0f}s (deploy_wait_seconds) passed "
+                          f"before the call to the Kubernetes API server {api_server(api)}")
+    retries = getattr(getattr(api.api_client, "configuration", None), "retries", None)
+    try:
+        return getattr(api, method)(*args, _request_timeout=deadline.timeout(retries, API_CALL_MAX_S))
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise DeployError(f"{what}: no answer from the Kubernetes API server {api_server(api)} "
+                          f"({api_deadline.failure(e)}, deploy_wait_seconds={deadline.seconds:.0f})") from e
+
+
+def apply(api: Any, manifest: Mapping[str, Any], deadline: Deadline | None = None) -> tuple[str, dict[str, Any]]:
+    """Create the InferenceService or patch the existing one; returns (action, object).
+    Every call ends by `deadline` (default: API_CALL_MAX_S from now)."""
     from kubernetes.client.exceptions import ApiException
 
+    deadline = deadline or Deadline(API_CALL_MAX_S)
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        _call(api, deadline, f"reading InferenceService {ns}/{name}", "get_namespaced_custom_object",
+              GROUP, VERSION, ns, PLURAL, name)
     except ApiException as e:
         if e.status != 404:
             raise DeployError(f"reading InferenceService {ns}/{name} failed: HTTP {e.status} {e.reason}") from e
         try:
-            return "created", api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, dict(manifest))
+            return "created", _call(api, deadline, f"creating InferenceService {ns}/{name}",
+                                    "create_namespaced_custom_object", GROUP, VERSION, ns, PLURAL, dict(manifest))
         except ApiException as e2:
             raise DeployError(f"creating InferenceService {ns}/{name} failed: HTTP {e2.status} {e2.body}") from e2
     try:
-        return "patched", api.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, _patch_body(manifest))
+        return "patched", _call(api, deadline, f"patching InferenceService {ns}/{name}",
+                                "patch_namespaced_custom_object", GROUP, VERSION, ns, PLURAL, name,
+                                _patch_body(manifest))
     except ApiException as e:
         raise DeployError(f"patching InferenceService {ns}/{name} failed: HTTP {e.status} {e.body}") from e
 
@@ -263,27 +299,35 @@ def _ready(obj: Mapping[str, Any], generation: int) -> tuple[bool, str]:
 
 
 def wait_ready(api: Any, namespace: str, name: str, generation: int, timeout_s: float,
-               poll_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
-    """Poll until Ready for `generation`; the object, or DeployError after `timeout_s`."""
+               poll_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+               deadline: Deadline | None = None) -> dict[str, Any]:
+    """Poll until Ready for `generation`; the object, or DeployError after `timeout_s`
+    (or at `deadline`, when given: deploy's total). Each poll ends by the deadline too;
+    one that gets no answer is retried, like an API error, until then."""
+    import urllib3
     from kubernetes.client.exceptions import ApiException
 
-    deadline = clock() + timeout_s
+    deadline = deadline or Deadline(timeout_s, clock)
+    retries = getattr(getattr(api.api_client, "configuration", None), "retries", None)
     last = "not polled"
     while True:
         try:
-            obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                   _request_timeout=deadline.timeout(retries, API_CALL_MAX_S))
             ok, last = _ready(obj, generation)
             if ok:
                 return obj
         except ApiException as e:  # a transient API error is a reason to keep waiting, not to fail
             last = f"HTTP {e.status} {e.reason}"
-        if clock() >= deadline:
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            last = f"no answer from the Kubernetes API server {api_server(api)} ({api_deadline.failure(e)})"
+        if deadline.expired():
             raise DeployError(
-                f"InferenceService {namespace}/{name} not Ready after {timeout_s:.0f}s: {last}. "
+                f"InferenceService {namespace}/{name} not Ready after {deadline.seconds:.0f}s: {last}. "
                 f"Inspect it with: kubectl -n {namespace} describe inferenceservice {name}"
             )
         log.info("waiting for InferenceService %s/%s: %s", namespace, name, last)
-        time.sleep(poll_s)
+        time.sleep(min(poll_s, deadline.remaining()))
 
 
 def deploy(cfg: Config, storage_uri: str, model: Mapping[str, str] | None = None, api_client: Any = None,
@@ -292,11 +336,13 @@ def deploy(cfg: Config, storage_uri: str, model: Mapping[str, str] | None = None
     namespace = resolve_namespace(cfg)
     manifest = build_manifest(cfg, storage_uri, namespace, model, image)
     api = custom_objects_api(api_client)
-    action, obj = apply(api, manifest)
+    deadline = Deadline(cfg.deploy_wait_seconds)  # the whole deploy: create/patch and the wait
+    action, obj = apply(api, manifest, deadline)
     generation = int((obj.get("metadata") or {}).get("generation") or 1)
     log.info("%s InferenceService %s/%s (generation %d) for %s", action, namespace, manifest["metadata"]["name"],
              generation, storage_uri)
-    ready = wait_ready(api, namespace, manifest["metadata"]["name"], generation, cfg.deploy_wait_seconds, poll_s)
+    ready = wait_ready(api, namespace, manifest["metadata"]["name"], generation, cfg.deploy_wait_seconds, poll_s,
+                       deadline=deadline)
     url = ready["status"]["url"]
     log.info("InferenceService %s/%s is Ready at %s", namespace, manifest["metadata"]["name"], url)
     return DeployResult(url=url, namespace=namespace, name=manifest["metadata"]["name"], action=action,

@@ -421,3 +421,61 @@ def test_export_uploads_one_folder_per_version_to_s3(tmp_path, monkeypatch):
         assert deploy.storage_uri_for(cfg, "srgan-celeba", "7") == out["storage_uri"]  # deploy finds the same
     finally:
         server.stop()
+
+
+@pytest.fixture
+def silent_api_server():
+    """A TCP server that accepts every connection and never answers (a hung API server
+    or a proxy that holds the request): what a call without a timeout waits on forever."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], held
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_an_api_server_that_never_answers_fails_within_the_deadline(silent_api_server):
+    import time
+
+    port, held = silent_api_server
+    api = _api_client(f"http://alice:hunter2@127.0.0.1:{port}")  # credentials in the URL are never printed
+    start = time.monotonic()
+    with pytest.raises(deploy.DeployError) as err:
+        deploy.deploy(_cfg(deploy_wait_seconds=1), "s3://bucket/savedmodel", None, api, poll_s=0.05)
+    elapsed = time.monotonic() - start
+    message = str(err.value)
+    assert held and elapsed < 3, elapsed  # the deadline, urllib3's GET retries included; not forever
+    assert "\n" not in message and f"Kubernetes API server http://***@127.0.0.1:{port}" in message, message
+    assert "hunter2" not in message and "ReadTimeoutError" in message and "deploy_wait_seconds=1" in message
+
+    # the wait for Ready: a poll that gets no answer is retried until the deadline, then named
+    start = time.monotonic()
+    with pytest.raises(deploy.DeployError, match=rf"not Ready after 1s: no answer from the Kubernetes API server "
+                                                 rf"http://\*\*\*@127\.0\.0\.1:{port} \(ReadTimeoutError\)"):
+        deploy.wait_ready(deploy.custom_objects_api(api), NS, NAME, 1, 1, poll_s=0.05)
+    assert time.monotonic() - start < 3
+
+
+def test_api_calls_carry_a_timeout_tuple_the_generated_client_honours():
+    from srcore import api_deadline
+
+    # kubernetes' rest.py ignores a bare float: always a (connect, read) pair, retries split the budget
+    connect, read = api_deadline.request_timeout(8.0)  # urllib3's default: 1 + 3 tries of a GET
+    assert isinstance(connect, float) and abs((connect + read) * 4 - 8.0) < 1e-9
+    assert api_deadline.attempts(0) == 1 and api_deadline.attempts(False) == 1 and api_deadline.attempts(2) == 3
