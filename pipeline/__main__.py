@@ -19,6 +19,16 @@ def _params(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text!r}")
+    return value
+
+
 def _auth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
                    required=not os.environ.get("KF_PIPELINES_ENDPOINT"),
@@ -34,6 +44,9 @@ def _auth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=None, help="component image (default $SRGAN_IMAGE, or "
                    "$SRGAN_IMAGE_REPOSITORY:<git commit>)")
     p.add_argument("--package", default=None, help="use this compiled YAML instead of compiling")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="each request to the KFP API must be answered within this many seconds, retries "
+                        "included (default 60)")
     p.add_argument("--skip-version-check", dest="check_version", action="store_false",
                    help="do not refuse a pipeline the KFP API's version cannot run (pipeline/support.py)")
 
@@ -99,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                                 namespace=args.namespace, image=args.image, package=args.package,
                                 auth=Auth(token_file=args.token_file, cookie=args.cookie), upload=args.upload,
                                 mlflow_plugin=args.mlflow_plugin, pipeline=args.pipeline,
-                                check_version=args.check_version)
+                                check_version=args.check_version, timeout_s=_timeout(args))
             print(result["url"])
         elif args.cmd == "upload":
             result = run.upload(args.host, image=args.image, package=args.package, namespace=args.namespace,
                                 auth=Auth(token_file=args.token_file, cookie=args.cookie),
                                 pipeline_name=args.pipeline_name, version=args.version, pipeline=args.pipeline,
-                                check_version=args.check_version)
+                                check_version=args.check_version, timeout_s=_timeout(args))
             print(json.dumps(result))
         else:
             params = {"preset": args.preset, **_params(args.param)}
@@ -114,9 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     except _api_errors() as e:
-        log.error("the KFP API at %s failed: %s", getattr(args, "host", "?"), "; ".join(str(e).strip().splitlines()[:3]))
+        from pipeline.client import describe_failure
+
+        log.error("%s", describe_failure(getattr(args, "host", None), e, _timeout(args)))
         return 1
     return 0
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    from pipeline.client import DEFAULT_TIMEOUT_S
+
+    return getattr(args, "timeout", None) or DEFAULT_TIMEOUT_S
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:

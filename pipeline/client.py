@@ -13,6 +13,16 @@ An auth cookie for Dex / oauth2-proxy installs (`--cookie` / `$KFP_COOKIE`, e.g.
 Namespace (multi-user Kubeflow: the profile namespace): `--namespace`, else
 `$KFP_NAMESPACE`, else this pod's namespace, else the active kube context's namespace.
 A multi-user API without any of them is refused; a single-user API gets none.
+
+Timeouts: every request to the API (kfp.Client's own healthz call in its constructor,
+each later call, the server-version preflight) ends within `timeout_s` (`--timeout`,
+default 60 s), urllib3's retries included. kfp.Client takes no timeout and its methods
+do not pass one on, and the generated client under it sends `timeout=None` (urllib3:
+wait forever, whatever timeout the pool has), so `BoundedClient` gives the one
+ApiClient all its APIs share a default `_request_timeout` (the generated code's own
+per-call parameter; srcore.api_deadline explains its traps) and replaces
+`get_kfp_healthz`, the only call made inside the constructor, whose five retries with
+sleeps would multiply the wait.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ TOKEN_ENV = "KFP_TOKEN"
 COOKIE_ENV = "KFP_COOKIE"
 NAMESPACE_ENV = "KFP_NAMESPACE"
 POD_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEFAULT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -106,15 +117,70 @@ def quiet_stdout() -> Iterator[None]:
                 log.info("kfp: %s", line.strip())
 
 
-def connect(host: str, auth: Auth | None = None, namespace: str | None = None):
-    """(kfp.Client, the namespace to use: None on a single-user API)."""
-    import kfp
+def bound_requests(api_client, timeout_s: float) -> None:
+    """Give every request of `api_client` (a kfp_server_api.ApiClient) that sets no
+    `_request_timeout` one that ends it within `timeout_s`, retries included."""
+    if getattr(api_client, "_srgan_timeout_s", None) is not None:
+        return
+    from srcore.api_deadline import request_timeout
 
+    send = api_client.request  # ApiClient.__call_api sends every call through it
+    default = request_timeout(timeout_s, api_client.configuration.retries)
+
+    def request(*args, _request_timeout=None, **kwargs):
+        return send(*args, _request_timeout=_request_timeout or default, **kwargs)
+
+    api_client.request = request
+    api_client._srgan_timeout_s = timeout_s
+
+
+_BOUNDED_CLIENT = None
+
+
+def bounded_client_class():
+    """kfp.Client whose every request is bounded (module doc); built on first use, so
+    importing this module does not import kfp."""
+    global _BOUNDED_CLIENT
+    if _BOUNDED_CLIENT is None:
+        import kfp
+
+        class BoundedClient(kfp.Client):
+            def __init__(self, *args, timeout_s: float = DEFAULT_TIMEOUT_S, **kwargs):
+                self.timeout_s = timeout_s  # before the constructor's own healthz call
+                super().__init__(*args, **kwargs)
+                bound_requests(self._healthz_api.api_client, timeout_s)  # all the APIs share it
+
+            def get_kfp_healthz(self, sleep_duration: int = 5):
+                # one bounded call: kfp's retries five times with sleeps on any ApiException
+                bound_requests(self._healthz_api.api_client, self.timeout_s)
+                return self._healthz_api.healthz_service_get_healthz()
+
+        _BOUNDED_CLIENT = BoundedClient
+    return _BOUNDED_CLIENT
+
+
+def describe_failure(host: str | None, exc: BaseException, timeout_s: float) -> str:
+    """One line for a failed KFP API request, naming the host (credentials redacted)."""
+    from srcore.api_deadline import failure
+    from srcore.data.sources import redact_url
+
+    where = redact_url(host or "?")
+    why = failure(exc)
+    if "Timeout" in why:
+        return f"the KFP API at {where} did not answer within {timeout_s:g}s ({why}): check --host, or raise --timeout"
+    return f"the KFP API at {where} failed: " + "; ".join(str(exc).strip().splitlines()[:3])
+
+
+def connect(host: str, auth: Auth | None = None, namespace: str | None = None,
+            timeout_s: float = DEFAULT_TIMEOUT_S):
+    """(kfp.Client, the namespace to use: None on a single-user API). Every request of the
+    client ends within `timeout_s`."""
     wanted = namespace or default_namespace()
     with quiet_stdout(), warnings.catch_warnings():
         # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": known
         warnings.filterwarnings("ignore", message=".*only works with Kubeflow Pipeline", category=FutureWarning)
-        client = kfp.Client(host=host, namespace=wanted or "kubeflow", **client_kwargs(auth))
+        client = bounded_client_class()(host=host, namespace=wanted or "kubeflow", timeout_s=timeout_s,
+                                        **client_kwargs(auth))
         multi_user = bool(client.get_kfp_healthz().multi_user)
     if not multi_user:
         if namespace:

@@ -113,6 +113,7 @@ def submit(
     mlflow_plugin: bool | None = None,
     pipeline: str = "main",
     check_version: bool = True,
+    timeout_s: float = kfp_client.DEFAULT_TIMEOUT_S,
 ) -> dict[str, str]:
     """Create a run on the KFP API at `host`; returns {"run_id", "url", "run_key"} (+
     pipeline ids with `upload`). Parameters are checked (pipeline.preflight) before
@@ -129,7 +130,7 @@ def submit(
             arguments["run_key"] = check_run_key(arguments.get("run_key") or new_run_key(name))
         if not path:
             resolve_image(image)  # refused before any request
-        client, ns = kfp_client.connect(host, auth, namespace)
+        client, ns = kfp_client.connect(host, auth, namespace, timeout_s)
         if check_version:
             check_server(client, pipeline, host, path)
         path = path or compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)
@@ -162,6 +163,7 @@ def upload(
     version: str | None = None,
     pipeline: str = "main",
     check_version: bool = True,
+    timeout_s: float = kfp_client.DEFAULT_TIMEOUT_S,
 ) -> dict[str, str]:
     """Upload the `pipeline` (main or sweep) as version `version` (default: the git
     commit) of `pipeline_name` (default: its own name); returns {"pipeline_id",
@@ -172,7 +174,7 @@ def upload(
     with tempfile.TemporaryDirectory(prefix="srgan-upload-") as tmp:
         if not package:
             resolve_image(image)  # refused before any request
-        client, ns = kfp_client.connect(host, auth, namespace)
+        client, ns = kfp_client.connect(host, auth, namespace, timeout_s)
         if check_version:
             check_server(client, pipeline, host, Path(package) if package else None)
         path = Path(package) if package else compile_fn(Path(tmp) / f"{pipeline_name}.yaml", image=image)

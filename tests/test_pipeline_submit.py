@@ -428,3 +428,97 @@ def test_a_package_is_judged_by_its_own_ir(api_at, tmp_path, caplog):
     host, requests = api_at("2.5.0")
     assert main(["upload", "--host", host, "--package", str(package), "--version", "v1"]) == 2
     assert _created(requests) == [] and "needs KFP backend 2.14.0 or later, the API" in caplog.text
+
+
+# ---- every request bounded: an API that accepts and never answers -----------------------
+
+
+@pytest.fixture
+def silent_api(isolated):
+    """A TCP server that accepts every connection and never answers."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", held
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_an_api_that_never_answers_fails_submit_within_the_timeout(silent_api, caplog):
+    import time
+
+    from pipeline.__main__ import main
+
+    host, held = silent_api
+    start = time.monotonic()
+    rc = main(["submit", "--host", host, "--image", IMAGE, "--timeout", "1", *SMOKE])
+    elapsed = time.monotonic() - start
+    assert rc == 1 and held and elapsed < 5, elapsed  # kfp.Client's own healthz would wait forever
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line == f"the KFP API at {host} did not answer within 1s (ReadTimeoutError): check --host, or raise --timeout"
+
+
+class _HangingApi(_KfpApi):
+    """Answers the first `answer` healthz requests, then holds every request unanswered
+    until `release` is set."""
+
+    answer = 2
+    release: threading.Event
+
+    def do_GET(self) -> None:  # noqa: N802
+        healthz = [r for r in self.requests if r["path"] == "/apis/v2beta1/healthz"]
+        if urlsplit(self.path).path == "/apis/v2beta1/healthz" and len(healthz) >= self.answer:
+            self._record()
+            self.release.wait(30)
+            return
+        super().do_GET()
+
+
+def test_the_version_preflight_is_bounded_and_nothing_is_created(isolated, caplog):
+    """kfp.Client's constructor and connect() read healthz (answered); the server-version
+    preflight reads it raw a third time (never answered): submit stops there, in time."""
+    import time
+
+    from pipeline.__main__ import main
+
+    release = threading.Event()
+    handler = type("Handler", (_HangingApi,), {"requests": [], "pipelines": [], "versions": [], "release": release})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        start = time.monotonic()
+        rc = main(["upload", "--host", host, "--image", IMAGE, "--version", "v1", "--timeout", "1"])
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert rc == 1 and elapsed < 5, elapsed
+    assert [r["path"] for r in handler.requests].count("/apis/v2beta1/healthz") >= 3
+    assert not [r for r in handler.requests if r["method"] == "POST"]
+    assert any(f"the KFP API at {host} did not answer within 1s" in r.getMessage() for r in caplog.records)
+
+
+def test_timeout_must_be_positive_seconds(isolated, capsys):
+    from pipeline.__main__ import main
+
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            main(["submit", "--host", "http://127.0.0.1:9", "--timeout", bad])
+        assert "--timeout: expected seconds in (0, 86400]" in capsys.readouterr().err
