@@ -324,9 +324,11 @@ def assert_no_secret(text: str, where: str) -> None:
 
 
 def test_source_url_secrets_are_recorded_nowhere(server: FileServer, tmp_path: Path, tracking, caplog):
-    """manifest.json, MLflow params, tags, run name, artifacts and every log line (DEBUG
-    included, urllib3's request lines too) get the URL without userinfo and query values."""
+    """manifest.json, MLflow params, tags, run name, artifacts (config.yaml, the logged
+    manifest) and every log line (DEBUG included, urllib3's request lines too) get the URL
+    without userinfo and query values; config.yaml shows the user that redacted URL."""
     import mlflow
+    import yaml
 
     from srcore.steps import ingest_step
 
@@ -344,12 +346,19 @@ def test_source_url_secrets_are_recorded_nowhere(server: FileServer, tmp_path: P
 
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id])
-    assert run.data.params["source"].startswith("http://***@127.0.0.1")
     assert_no_secret(repr(run.data.params), "MLflow params")
     assert_no_secret(repr(run.data.tags), "MLflow tags")
+    assert_no_secret(run.info.run_name or "", "the run name")
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "art")))
-    logged = [p for p in artifacts.rglob("*") if p.is_file()]
-    assert logged and all(assert_no_secret(p.read_text(errors="replace"), str(p)) is None for p in logged)
+    logged = {p.relative_to(artifacts).as_posix(): p for p in artifacts.rglob("*") if p.is_file()}
+    # the run's Config and the data manifest are among what was checked, not skipped
+    assert {"config.yaml", "data/manifest.json"} <= set(logged), sorted(logged)
+    for name, path in logged.items():
+        assert_no_secret(path.read_text(errors="replace"), name)
+    # the user still sees where the data came from: the redacted URL, in the run's config.yaml
+    recorded = yaml.safe_load(logged["config.yaml"].read_text())["source"]
+    assert recorded.startswith("http://***@127.0.0.1") and "/files/img_align_celeba.zip?" in recorded
+    assert "X-Amz-Signature=***" in recorded and "access_token=***" in recorded
     assert any("interrupted" in r.getMessage() for r in caplog.records)
     assert_no_secret("\n".join(r.getMessage() for r in caplog.records), "log lines")
     assert server.requests[0]["path"].endswith("access_token=tok3nvalue")  # the real URL was used
