@@ -70,7 +70,7 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "cannot resolve an artifact passed between tasks of one ParallelFor iteration",
             "#11520, fixed by #11627 (CHANGELOG 2.5.0)"),
     Feature("job_placeholders", (2, 5, 0), False,
-            "passes {{$.pipeline_job_uuid}} etc. through literally (the run_key parameter, which submit sets, covers it)",
+            "passes {{$.pipeline_job_uuid}} etc. through literally (run_key, which submit sets, covers it)",
             "#11599 (CHANGELOG 2.5.0)"),
     Feature("retry_policy", (2, 5, 0), False, "drops set_retry silently (no Argo retryStrategy)",
             "#9950, fixed by #11673 (CHANGELOG 2.5.0)"),
@@ -243,7 +243,8 @@ class BackendTooOld(ValueError):
     """The KFP API server cannot run this pipeline."""
 
 
-def check_backend(pipeline: str, tag_name: Any, host: str = "", features: Iterable[str] | None = None) -> Version | None:
+def check_backend(pipeline: str, tag_name: Any, host: str = "",
+                  features: Iterable[str] | None = None) -> Version | None:
     """Refuse (BackendTooOld, one line naming both versions) a pipeline the server cannot
     run: by the SUPPORT table, or by the IR `features` of a given package. An unreadable
     version is refused too, except for a pipeline that needs only the project's floor: a

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from srcore import tracking, tracking_server
-from srcore.config import Config, ConfigError, apply_overrides, build_config, config_from_json, json_object, require_source
+from srcore.config import (Config, ConfigError, apply_overrides, build_config, config_from_json, json_object,
+                           require_source)
 from srcore.data.sources import redact_url
 
 log = logging.getLogger(__name__)
