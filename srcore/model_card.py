@@ -28,9 +28,10 @@ RECIPE = ("pretrain_epochs", "epochs", "content_loss", "gan_loss", "adv_weight",
           "disc_filters", "precision", "limit", "seed")
 
 
-def _num(value: Any) -> str:
+def _num(value: Any, signed: bool = False) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+        sign = "+" if signed else ""
+        return f"{value:{sign}.4f}" if abs(value) < 10 else f"{value:{sign}.2f}"
     return "-"
 
 
@@ -69,7 +70,8 @@ def render(name: str, version: str, model_uri: str, metrics: Mapping[str, float]
              "| --- |" + " ---: |" * len(COLUMNS),
              "| **this model** | " + " | ".join(_num(metrics.get(m)) for m, _, _ in COLUMNS) + " |",
              "| bicubic | " + " | ".join(_num(metrics.get(baseline(m))) for m, _, _ in COLUMNS) + " |",
-             "| gain over bicubic | " + " | ".join(_num(metrics.get(gain(m))) for m, _, _ in COLUMNS) + " |",
+             "| gain over bicubic | " + " | ".join(_num(metrics.get(gain(m)), signed=True) for m, _, _ in COLUMNS)
+             + " |",
              "",
              SECTIONS[1], "",
              f"**{decision}**: {reason}", "",

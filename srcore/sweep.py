@@ -397,6 +397,7 @@ def sweep(cfg: Config, trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         log.info("sweep finished: best %s (%s=%.6g), registered version %s%s", summary["best_trial"],
                  summary["metric"], summary["best_value"], summary["registered_version"],
                  " (champion)" if summary["champion"] else "")
+    log.info("runs: %s (experiment %s)", tracking.where_to_look(parent.info.experiment_id), cfg.experiment_name)
     return summary
 
 

@@ -56,19 +56,27 @@ CONFIG_ARTIFACT = "config.yaml"
 # for model training (the tag the UI reads; values as in MLflow's ExperimentKind)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI follows its GenAI / Model training switch (URL `workflowType`, else the
+# browser's last choice, GenAI at first) before the tag, so our links also say so; and a
+# shared view (an experiment tag the UI reads for `viewStateShareKey`) shows the headline
+# columns, which the runs table otherwise hides.
+UI_QUERY = "?workflowType=machine_learning&viewStateShareKey=srgan-compare"
+VIEW_TAG = "mlflow.sharedViewState.srgan-compare"
 # The hyper-parameters: what a person varies to change the model. They are the run params
-# (tests/test_tracking.py keeps this list short and every name a Config field); paths,
-# serving, deploy and tracking settings are in config.yaml only.
+# (tests/test_tracking.py keeps this list short and every name a Config field); the rest
+# (paths, serving, deploy, tracking, fixed task settings such as scale, finer knobs such as
+# Adam's betas) is in config.yaml. Short also because MLflow's image cards list a run's
+# params above the image.
 HPARAMS = (
     # data seen by training
-    "limit", "hr_size", "scale", "antialias", "augment", "aug_flip", "aug_color", "patch_size", "seed",
+    "limit", "patch_size", "augment", "seed",
     # models
-    "gen_filters", "gen_blocks", "gen_init_scale", "gen_bicubic_skip", "disc_filters", "disc_flatten",
+    "gen_filters", "gen_blocks", "gen_bicubic_skip", "disc_filters",
     # losses
     "content_loss", "gan_loss", "adv_weight", "pixel_weight",
     # optimisation
     "batch_size", "epochs", "pretrain_epochs", "steps_per_epoch", "learning_rate", "pretrain_learning_rate",
-    "lr_schedule", "beta_1", "beta_2", "precision",
+    "lr_schedule", "precision",
 )
 
 _state: dict[str, str] = {"parent": "", "launcher": ""}
@@ -122,7 +130,21 @@ def experiment_id(cfg: Config) -> str:
                 raise
     elif EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag was set: say it once
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    return mlflow.set_experiment(cfg.experiment_name).experiment_id
+    exp_id = mlflow.set_experiment(cfg.experiment_name).experiment_id
+    if experiment is None or VIEW_TAG not in experiment.tags:
+        client.set_experiment_tag(exp_id, VIEW_TAG, _compare_view())
+    return exp_id
+
+
+def _compare_view() -> str:
+    """The runs table's shared view: the headline columns a person compares runs by."""
+    import json
+
+    from srcore.metric_names import HEADLINE
+
+    columns = [f"metrics.`{m}`" for m in (*HEADLINE, "val/psnr_y")]
+    columns += [f"tags.`{t}`" for t in ("registered_model_version", "gate.decision")]
+    return json.dumps({"selectedColumns": columns})
 
 
 def run_name(cfg: Config, step: str = "") -> str:
@@ -431,16 +453,12 @@ def ui_base() -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else ""
 
 
-def run_link(experiment_id_: str, run_id: str) -> str:
-    base = ui_base()
-    return f"{base}/#/experiments/{experiment_id_}/runs/{run_id}" if base else f"run {run_id}"
-
-
 def where_to_look(experiment_id_: str) -> str:
-    """The experiment's runs page in the MLflow UI, or how to open it for a local store."""
+    """The experiment's runs page in the MLflow UI (the runs table with the headline
+    columns), or how to open it for a local store."""
+    page = f"/#/experiments/{experiment_id_}/runs{UI_QUERY}"
     base = ui_base()
     if base:
-        return f"{base}/#/experiments/{experiment_id_}/runs"
+        return base + page
     uri = mlflow.get_tracking_uri()
-    return (f"`mlflow ui --backend-store-uri {uri}` (from this folder), then "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id_}/runs")
+    return f"`mlflow ui --backend-store-uri {uri}` (from this folder), then http://127.0.0.1:5000{page}"

@@ -4,6 +4,7 @@ end-to-end checks on a real smoke job and sweep are in test_mlproject.py / test_
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 
 import mlflow
@@ -49,10 +50,13 @@ def test_experiment_opens_on_the_runs_table_and_the_closing_line_says_where(trac
     exp_id = experiment_id(cfg)
     assert mlflow.MlflowClient().get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment_id(cfg) == exp_id
+    view = json.loads(mlflow.MlflowClient().get_experiment(exp_id).tags["mlflow.sharedViewState.srgan-compare"])
+    assert "metrics.`test/psnr_y`" in view["selectedColumns"]
     assert f"mlflow ui --backend-store-uri {tracking}" in where_to_look(exp_id)
     mlflow.set_tracking_uri("http://127.0.0.1:5000")
     try:
-        assert where_to_look("7") == "http://127.0.0.1:5000/#/experiments/7/runs"
+        assert where_to_look("7") == ("http://127.0.0.1:5000/#/experiments/7/runs"
+                                      "?workflowType=machine_learning&viewStateShareKey=srgan-compare")
     finally:
         mlflow.set_tracking_uri(tracking)
 
