@@ -43,7 +43,9 @@ carrying it the lowest version number wins and every other one is deleted, so ra
 registrations of one URI end with one version, the same for all of them. A URI
 registered before the key existed is found by `srgan.model_uri` (or the version's
 source) and gets the key. Registering again re-tags the version with the new
-evaluation's metrics (no stale values stay).
+evaluation's metrics (no stale values stay). Alias and tag writes are retried when a
+concurrent write of the same key fails them (MLflow's SQL store upserts by
+select-then-insert: on PostgreSQL one of two racing inserts is a unique violation).
 
 Concurrency of the gate: it reads the champion, compares, sets the alias, then reads the
 alias back and reports `champion=False` when another registration moved it meanwhile.
@@ -60,6 +62,8 @@ import logging
 import math
 import numbers
 import os
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -144,18 +148,19 @@ def _register(cfg: Config, name: str, model_uri: str, evaluation: Evaluation, ma
     else:
         _check_model_uri(model_uri)
         version, existing = register_once(client, name, model_uri, tags)
-    client.set_registered_model_alias(name, CANDIDATE_ALIAS, version)
+    _idempotent(client.set_registered_model_alias, name, CANDIDATE_ALIAS, version)
 
     promote, reason = _gate(cfg, evaluation, new_value, split_hash, str(version), _current_champion(client, name))
     if promote:
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        _idempotent(client.set_registered_model_alias, name, CHAMPION_ALIAS, version)
         holder = _current_champion(client, name)  # read back: another registration may have raced us
         if holder is None or str(holder.version) != str(version):
             promote = False
             reason += (f"; but alias '{CHAMPION_ALIAS}' now points to version "
                        f"{holder.version if holder else 'none'} (a concurrent registration): left as is")
-    client.set_model_version_tag(name, version, GATE_DECISION_TAG, CHAMPION_ALIAS if promote else CANDIDATE_ALIAS)
-    client.set_model_version_tag(name, version, GATE_REASON_TAG, reason[:5000])
+    _idempotent(client.set_model_version_tag, name, version, GATE_DECISION_TAG,
+                CHAMPION_ALIAS if promote else CANDIDATE_ALIAS)
+    _idempotent(client.set_model_version_tag, name, version, GATE_REASON_TAG, reason[:5000])
     _write_model_card(client, name, str(version), model_uri, evaluation, manifest_hash, split_hash, promote, reason)
     result = RegisterResult(name=name, version=str(version), champion=promote, reason=reason)
     log.info("registered %s version %s (%s): %s", name, version, "champion" if promote else "candidate", reason)
@@ -176,7 +181,8 @@ def find_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersio
         return min(found, key=lambda v: int(v.version))
     legacy = _legacy_version(client, name, model_uri)
     if legacy is not None:  # registered before the key existed: give it the key
-        client.set_model_version_tag(name, str(legacy.version), REGISTRATION_KEY_TAG, registration_key(name, model_uri))
+        _idempotent(client.set_model_version_tag, name, str(legacy.version), REGISTRATION_KEY_TAG,
+                    registration_key(name, model_uri))
     return legacy
 
 
@@ -257,10 +263,33 @@ def _retag(client: MlflowClient, name: str, version: ModelVersion, tags: Mapping
     replaced = (METRIC_TAG_PREFIX, MANIFEST_HASH_TAG, TEST_SPLIT_TAG)
     for key in sorted(version.tags or {}):
         if key.startswith(replaced) and key not in tags:
-            client.delete_model_version_tag(name, str(version.version), key)
+            try:
+                _idempotent(client.delete_model_version_tag, name, str(version.version), key)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":  # a concurrent re-tag deleted it first: fine
+                    raise
     for key, value in tags.items():
         if (version.tags or {}).get(key) != value:
-            client.set_model_version_tag(name, str(version.version), key, value)
+            _idempotent(client.set_model_version_tag, name, str(version.version), key, value)
+
+
+UPSERT_ATTEMPTS = 6
+
+
+def _idempotent(call: Any, *args: Any) -> Any:
+    """Run an idempotent registry write (set an alias or a tag, delete a tag), again when a
+    concurrent write of the same key made it fail: MLflow's SQL store upserts aliases and
+    tags by select-then-insert, so on PostgreSQL two writers of one key can both insert and
+    one gets a unique violation (BAD_REQUEST). The next attempt finds the row and updates it."""
+    for attempt in range(UPSERT_ATTEMPTS):
+        try:
+            return call(*args)
+        except MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or attempt == UPSERT_ATTEMPTS - 1:
+                raise
+            log.info("registry write %s%s failed (%s): again", call.__name__, args[:2], _first_line(e.message))
+            time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))  # jitter: racing writers spread out
+    raise AssertionError("unreachable")
 
 
 def _check_model_name(name: Any) -> str:
