@@ -37,7 +37,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from srcore.atomic import check_replaceable, replace_dir_atomically
+from srcore.atomic import (
+    MARKER, OutputDirError, check_replaceable, relative_files, replace_dir_atomically, write_marker,
+)
 from srcore.config import Config
 from srcore.data.degrade import from_unit, to_unit
 
@@ -230,17 +232,44 @@ def export_step(cfg: Config, model: Any, out: str | os.PathLike = "", model_name
 
 
 def _upload(model: Any, uri: str, max_pixels: int, max_batch: int) -> str:
-    """Write the SavedModel to a temporary folder and upload its files to `uri` (the version folder)."""
+    """Write the SavedModel to a temporary folder and upload its files to `uri` (the version
+    folder), with export's ownership marker: the same rule as a local folder (srcore.atomic),
+    checked before the model is loaded. Objects under `uri` that export did not write are
+    never overwritten."""
     import tempfile
 
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+    repo = get_artifact_repository(uri)
+    _check_remote_owned(repo, uri)
     with tempfile.TemporaryDirectory(prefix="srgan-savedmodel-") as tmp:
         local = Path(tmp) / "sm"
-        _save(load_model(model), local, max_pixels, max_batch)  # a fresh folder: no ownership marker uploaded
-        get_artifact_repository(uri).log_artifacts(str(local))
+        _save(load_model(model), local, max_pixels, max_batch)
+        write_marker(local, OUTPUT_KIND, [f for f in relative_files(local) if f != MARKER])
+        repo.log_artifacts(str(local))
     log.info("uploaded SavedModel to %s", uri)
     return uri
+
+
+def _check_remote_owned(repo: Any, uri: str) -> None:
+    """OutputDirError unless the object-store folder `uri` is empty or export's own."""
+    import json
+    import tempfile
+
+    names = sorted(Path(entry.path).name + ("/" if entry.is_dir else "") for entry in repo.list_artifacts())
+    if not names:
+        return
+    kind = None
+    if MARKER in names:
+        with tempfile.TemporaryDirectory(prefix="srgan-marker-") as tmp:
+            try:
+                kind = json.loads(Path(repo.download_artifacts(MARKER, tmp)).read_text()).get("kind")
+            except (OSError, ValueError, AttributeError):
+                kind = None
+    if kind != OUTPUT_KIND:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise OutputDirError(f"storage folder {uri} was not written by srgan export (it holds {shown}); srgan "
+                             "never overwrites what it did not write: pass another deploy_storage_uri or version")
 
 
 def _limits(cfg: Config | None) -> tuple[int, int]:
