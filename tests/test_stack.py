@@ -173,7 +173,7 @@ def test_server_version_checked_at_connect(mlflow_server, monkeypatch):
     assert "\n" not in message
 
 
-def test_direct_s3_without_credentials_or_bucket_fails_before_work(direct_stack, monkeypatch):
+def test_direct_s3_without_credentials_or_bucket_fails_before_work(direct_stack, monkeypatch, tmp_path):
     client = MlflowClient()
     exp = client.get_experiment(client.create_experiment(f"stack-preflight-{uuid.uuid4().hex[:8]}"))
     assert exp.artifact_location.startswith("s3://")
@@ -190,6 +190,19 @@ def test_direct_s3_without_credentials_or_bucket_fails_before_work(direct_stack,
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata lookup off loopback
     with pytest.raises(tracking_server.TrackingServerError, match="no S3 credentials.*AWS_ACCESS_KEY_ID"):
         tracking_server.check_artifact_store(exp.artifact_location)
+
+    # the whole step: ingest refuses in seconds, before it reads or writes anything (it used
+    # to fail at its first log_artifact, after the whole ingest)
+    env = {**without_s3_env(os.environ), "MLFLOW_TRACKING_URI": direct_stack["uri"],
+           "MLFLOW_S3_ENDPOINT_URL": direct_stack["s3"]["endpoint"], "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+           "AWS_CONFIG_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "srcore", "ingest", "--source", "demo", "--experiment-name",
+                           exp.name, "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and time.monotonic() - start < 60
+    assert "no S3 credentials" in proc.stderr and exp.artifact_location in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "data").exists()
 
 
 # ---- the pipeline maps the S3 credentials from a Secret with configurable key names ---------
