@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from srcore.serving import RequestRefused, ServingLimits, png_base64
+from srcore.serving import RequestRefused, ServingLimits, png_base64, uint8_pixels
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +162,12 @@ def as_image(value: Any, what: str, max_pixels: int) -> np.ndarray:
             raise HttpError(400, f"{what}: an image object must be {{\"b64\": \"<base64 PNG or JPEG>\"}}")
         return _decode_b64(value["b64"], what, max_pixels)
     try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError):  # ragged nesting
-        raise HttpError(400, f"{what}: expected an HxWx3 array of integers 0..255 (rows of equal length)") from None
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
-        kind = {"f": "floats", "b": "booleans", "U": "strings", "O": "mixed or nested values"}.get(arr.dtype.kind,
-                                                                                                 str(arr.dtype))
-        raise HttpError(400, f"{what}: pixel values must be integers 0..255, got {kind} (nothing is cast)")
+        arr = uint8_pixels(value, what)  # the pyfunc model's check: nothing is cast
+    except ValueError as e:
+        raise HttpError(400, str(e)) from None
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise HttpError(400, f"{what}: expected an HxWx3 image, got an array of shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise HttpError(400, f"{what}: pixel values must be 0..255, got {arr.min()}..{arr.max()}")
-    return arr.astype(np.uint8)
+    return arr
 
 
 def _decode_b64(text: str, what: str, max_pixels: int) -> np.ndarray:

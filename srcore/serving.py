@@ -1,22 +1,36 @@
 """The generator as an MLflow pyfunc model: uint8 images in, uint8 x4 images out.
 
-Inputs `SRUpscaler.predict` accepts (called directly, e.g. via `unwrap_python_model()`;
-the loaded pyfunc model first enforces the signature, so there only batches and ragged
-object arrays get through):
+Inputs `SRUpscaler.predict` accepts (called directly, via `unwrap_python_model()`, or
+through the loaded pyfunc model, which passes them on unchanged):
 - a single HxWx3 uint8 array -> one HxWx3 output;
 - a batch NxHxWx3 -> a batch N x sH x sW x 3;
-- images of different sizes: a list of arrays, or a 1-D object array of arrays (the
-  only ragged form MLflow's schema check lets through; see `image_batch`) -> a list;
+- images of different sizes: a list of arrays, or a 1-D object array of arrays (see
+  `image_batch`) -> a list;
 - a one-column pandas DataFrame of images, or a one-key dict (a named tensor).
-Nested Python lists are accepted wherever arrays are.
+Nested Python lists are accepted wherever arrays are. Pixel values are uint8, or integers
+0..255 of another integer dtype; floats, booleans, strings, negatives and values over 255
+are refused (HTTP 400 over REST, ValueError for direct callers), never cast
+(`uint8_pixels`, which srcore.server shares).
 
-Over REST (`mlflow models serve`) the tensor signature (uint8, (-1, -1, -1, 3)) is
-enforced before `predict` runs: `{"inputs": [image]}` (a batch, even of one image) arrives
-as a uint8 NxHxWx3 ndarray and is answered as `{"predictions": [sr_image]}`. A bare
-`{"inputs": image}` (3-D) and ragged batches are rejected by MLflow with HTTP 400, so REST
+Over REST (`mlflow models serve`), `{"inputs": [image, ...]}` (or `"instances"`; a batch,
+even of one image) arrives as an NxHxWx3 array in the JSON values' own dtype and is
+answered as `{"predictions": [sr_image, ...]}`; a bare `{"inputs": image}` is answered with
+one image. Ragged batches are rejected by MLflow's JSON parser with HTTP 400, so REST
 clients send one batch per image size. Optional params: `{"params": {"tile": 64,
 "overlap": 16, "encoding": "png"}}`; with `encoding=png` each output image comes back as a
 base64 PNG string (about 20x smaller than the JSON array of its pixels).
+
+Why the signature has no input schema (see `upscaler_signature`): the scoring server
+converts JSON to the input tensor's dtype with `np.array(values, dtype=...)` before
+`predict` runs (mlflow/utils/proto_json_utils.py `convert_data_type`), which for uint8
+turns 0.99 into 0, true into 1 and "7" into 7 without a word, and the loaded model then
+compares dtypes strictly (mlflow/models/utils.py `_enforce_tensor_spec`), so no other
+dtype would take a uint8 array. Without an input schema MLflow keeps the JSON values'
+own dtype (int64, float64, bool, str) and `predict` checks them. The accepted input is
+stated in the MLmodel metadata (`input`), the input example and the output schema.
+Models logged before this keep their uint8 input schema, and MLflow keeps casting their
+floats (and booleans, numeric strings) before any of this code runs: re-log them
+(`log_upscaler` on their generator) to get the check.
 
 Bounded: `ServingLimits` (max LR pixels per request, max batch, tile and overlap range,
 a time budget) are fixed when the model is logged, stated in its MLmodel metadata
@@ -29,9 +43,9 @@ time budget stops between tiles (HTTP 503). Every image goes through srcore.upsc
 tiled inference, so the generator's memory depends on the tile, not the image.
 
 `mlflow models serve` parses and converts the whole JSON body before `predict` (and so
-before these limits), and casts floats to uint8 on the way: serve it only behind an
-ingress that caps body size, concurrency and time, or use srcore.server, the project's
-bounded server, which answers the same `/invocations` payload.
+before these limits): serve it only behind an ingress that caps body size, concurrency
+and time, or use srcore.server, the project's bounded server, which answers the same
+`/invocations` payload.
 
 Logged as MLflow "models from code" (srcore/upscaler_model.py builds the model), so
 nothing is cloudpickled.
@@ -244,16 +258,18 @@ def _as_images(model_input: Any) -> tuple[list[np.ndarray], str]:
     if isinstance(model_input, pd.DataFrame):
         if model_input.shape[1] != 1:
             raise ValueError(f"expected a one-column DataFrame of images, got columns {list(model_input.columns)}")
-        return [_uint8(cell, f"row {i}") for i, cell in enumerate(model_input.iloc[:, 0])], "list"
+        return [uint8_pixels(cell, f"row {i}") for i, cell in enumerate(model_input.iloc[:, 0])], "list"
+    if isinstance(model_input, (list, tuple)) and not model_input:  # MLflow passes `"inputs": []` on as is
+        raise ValueError("the request holds no images")
     if isinstance(model_input, (list, tuple)) and all(isinstance(x, np.ndarray) for x in model_input):
-        return [_uint8(img, f"input image {i}") for i, img in enumerate(model_input)], "list"
+        return [uint8_pixels(img, f"input image {i}") for i, img in enumerate(model_input)], "list"
     dense = _dense_or_none(model_input)
     if dense is None:  # ragged nesting: images of different sizes
-        return [_uint8(img, f"input image {i}") for i, img in enumerate(model_input)], "list"
+        return [uint8_pixels(img, f"input image {i}") for i, img in enumerate(model_input)], "list"
     if dense.ndim == 4:
-        return [_uint8(img, f"input image {i}") for i, img in enumerate(dense)], "batch"
+        return [uint8_pixels(img, f"input image {i}") for i, img in enumerate(dense)], "batch"
     if dense.ndim in (2, 3):
-        return [_uint8(dense, "input image")], "single"
+        return [uint8_pixels(dense, "input image")], "single"
     raise ValueError(f"expected an HxWx3 image or an NxHxWx3 batch, got an array of shape {dense.shape}")
 
 
@@ -267,14 +283,29 @@ def _dense_or_none(model_input: Any) -> np.ndarray | None:
     return None if dense.dtype == object else dense
 
 
-def _uint8(img: Any, what: str) -> np.ndarray:
-    """uint8 as is; other integer arrays (JSON without a schema gives int64) if in 0..255."""
-    arr = np.asarray(img)
+_KINDS = {"f": "floats", "c": "complex numbers", "b": "booleans", "U": "strings", "S": "bytes",
+          "O": "mixed or nested values"}
+
+
+def uint8_pixels(value: Any, what: str) -> np.ndarray:
+    """Pixel values as uint8: uint8 as is, other integer arrays (JSON gives int64) if all in
+    0..255; anything else is a ValueError naming `what` and the dtype. Nothing is cast."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):  # numpy >= 1.24 refuses ragged nesting
+        raise ValueError(f"{what}: expected an array of integers 0..255 (rows of equal length)") from None
     if arr.dtype == np.uint8:
         return arr
-    if np.issubdtype(arr.dtype, np.integer) and arr.size and 0 <= arr.min() and arr.max() <= 255:
-        return arr.astype(np.uint8)
-    raise ValueError(f"{what}: expected uint8 pixel values 0..255, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError(f"{what}: holds no pixel values (shape {arr.shape})")
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):  # bool is no integer to numpy, but say so
+        kind = _KINDS.get(arr.dtype.kind, "values")
+        raise ValueError(f"{what}: pixel values must be uint8 integers 0..255, got {kind} (dtype {arr.dtype}); "
+                         "nothing is cast")
+    low, high = arr.min(), arr.max()
+    if low < 0 or high > 255:
+        raise ValueError(f"{what}: pixel values must be uint8 integers 0..255, got {low}..{high} (dtype {arr.dtype})")
+    return arr.astype(np.uint8)
 
 
 def image_batch(images: list[np.ndarray]) -> np.ndarray:
@@ -289,13 +320,20 @@ def image_batch(images: list[np.ndarray]) -> np.ndarray:
     return ragged
 
 
+#: what the model takes, stated in its MLmodel metadata (the signature has no input schema)
+INPUT_DESCRIPTION = ("uint8 NxHxWx3: a batch of RGB images, pixel values integers 0..255 (over REST "
+                     '{"inputs": [image, ...]} with each image an HxWx3 nested list); floats, booleans, '
+                     "strings and values outside 0..255 are refused, never cast")
+
+
 def upscaler_signature(limits: ServingLimits | None = None) -> ModelSignature:
+    """Outputs and params only: an input schema would make MLflow's scoring server cast the
+    JSON pixels to its dtype before `predict` can check them (see the module docstring)."""
     limits = limits or ServingLimits()
-    image_batch = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))
     tile, overlap = limits.default_tiling()
     return ModelSignature(
-        inputs=Schema([image_batch]),
-        outputs=Schema([image_batch]),
+        inputs=None,
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))]),
         params=ParamSchema([
             ParamSpec("tile", "long", tile), ParamSpec("overlap", "long", overlap),
             ParamSpec("encoding", "string", "array"),
@@ -325,7 +363,7 @@ def log_upscaler(
             python_model=str(MODEL_CODE),
             artifacts={GENERATOR_ARTIFACT: str(generator_path), LIMITS_ARTIFACT: str(limits_file)},
             code_paths=[str(_clean_package_copy(Path(tmp)))],
-            metadata={"serving_limits": limits.to_dict()},
+            metadata={"serving_limits": limits.to_dict(), "input": INPUT_DESCRIPTION},
             signature=upscaler_signature(limits),
             input_example=_example_batch(input_example),
             pip_requirements=SERVING_REQUIREMENTS,

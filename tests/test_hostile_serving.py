@@ -5,6 +5,7 @@ a compact PNG answer, and a bounded load test against a real `mlflow models serv
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,6 +84,34 @@ def test_over_a_limit_is_a_400_naming_it_before_any_work(bounded, payload, named
     with pytest.raises(MlflowException, match=named) as err:
         invoke(model, payload)
     assert err.value.get_http_status_code() == 400
+
+
+@pytest.mark.parametrize(
+    ("pixels", "named"),
+    [
+        (np.full((8, 8, 3), 0.99), "floats (dtype float64)"),
+        (np.full((8, 8, 3), -1), "got -1..-1 (dtype int64)"),
+        (np.full((8, 8, 3), 256), "got 256..256"),
+        (np.full((8, 8, 3), True), "booleans (dtype bool)"),
+        (np.full((8, 8, 3), "7"), "strings"),
+        (np.concatenate([image(8, 8)[:4], np.full((4, 8, 3), 0.5)]), "floats"),  # one float among integers
+    ],
+)
+def test_pixels_that_are_not_uint8_are_a_400_never_cast(bounded, pixels, named, monkeypatch):
+    """MLflow's JSON parser keeps the values' own dtype (the model has no input schema to
+    cast to), so predict sees the floats, booleans, strings and out-of-range integers."""
+    import srcore.upscale
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the generator ran for a refused request")
+
+    monkeypatch.setattr(srcore.upscale, "upscale_array", no_work)
+    for key in ("inputs", "instances"):
+        with pytest.raises(MlflowException, match=re.escape(named)) as err:
+            invoke(bounded[1], {key: [pixels.tolist()]})
+        assert err.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match="holds no images"):
+        invoke(bounded[1], {"inputs": []})
 
 
 def test_png_encoding_answers_the_same_pixels_compactly(bounded, tiny_generator):

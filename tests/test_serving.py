@@ -77,8 +77,12 @@ def test_logged_model_carries_srcore_signature_and_pins(upscaler):
     requirements = (local / "requirements.txt").read_text()
     assert "tensorflow==2.21.0" in requirements and "keras==3.15.1" in requirements
     assert "mlflow==3.17.2" in requirements
-    spec = model.metadata.get_input_schema().inputs[0]
+    # no input schema (MLflow would cast JSON pixels to its dtype); the metadata says what to send
+    assert model.metadata.get_input_schema() is None
+    assert "uint8 NxHxWx3" in model.metadata.metadata["input"]
+    spec = model.metadata.get_output_schema().inputs[0]
     assert (str(spec.type), spec.shape) == ("uint8", (-1, -1, -1, 3))
+    assert {p.name for p in model.metadata.get_params_schema().params} == {"tile", "overlap", "encoding"}
 
 
 def test_python_model_accepts_single_batch_list_and_dataframe(upscaler):
@@ -98,9 +102,10 @@ def test_pyfunc_takes_images_of_different_sizes_as_an_object_array(upscaler):
     assert [o.shape for o in out] == [(40, 48, 3), (24, 80, 3)]
 
 
-def test_what_the_rest_layer_passes(upscaler):
+def test_what_the_rest_layer_passes(upscaler, generator):
     """The scoring server's own parser, in process: a batch in `inputs` works (predict
-    receives a uint8 NxHxWx3 ndarray); a bare 3-D image fails the signature (HTTP 400)."""
+    receives the JSON's int64 NxHxWx3 ndarray, nothing cast); a bare 3-D image is answered
+    with one image; a ragged batch fails MLflow's parser (HTTP 400)."""
     model = upscaler[1]
     schema = model.metadata.get_input_schema()
     img = image(20, 24)
@@ -108,14 +113,21 @@ def test_what_the_rest_layer_passes(upscaler):
     response = scoring_server.invocations(payload, "application/json", model, schema)
     assert response.status == 200
     predictions = np.asarray(json.loads(response.response)["predictions"])
-    assert predictions.shape == (1, 80, 96, 3) and predictions.max() <= 255
-    with pytest.raises(MlflowException, match=r"does not match expected shape \(-1, -1, -1, 3\)") as err:
-        scoring_server.invocations(json.dumps({"inputs": img.tolist()}), "application/json", model, schema)
+    assert predictions.shape == (1, 80, 96, 3)
+    np.testing.assert_array_equal(predictions[0], upscale_array(generator, img, tile=8))
+    bare = scoring_server.invocations(json.dumps({"inputs": img.tolist()}), "application/json", model, schema)
+    assert np.asarray(json.loads(bare.response)["predictions"]).shape == (80, 96, 3)
+    with pytest.raises(MlflowException, match="inhomogeneous") as err:
+        ragged = {"inputs": [img.tolist(), image(8, 8).tolist()]}
+        scoring_server.invocations(json.dumps(ragged), "application/json", model, schema)
     assert err.value.get_http_status_code() == 400
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_invocations(server_tracking, tiny_generator, tmp_path):
+def test_mlflow_models_serve_answers_invocations(server_tracking, tiny_generator, generator, tmp_path):
+    """A real `mlflow models serve` from the registry's model: uint8 pixels are answered
+    exactly as upscale_array does; pixels that are not integers 0..255 are a 400 naming
+    them, never cast (MLflow used to turn 0.99 into 0 before predict ran)."""
     info = log_in_run(tiny_generator)
     env = {**os.environ, "MLFLOW_TRACKING_URI": server_tracking}
     with models_serve(info.model_uri, tmp_path, env) as (url, _):
@@ -124,9 +136,18 @@ def test_mlflow_models_serve_answers_invocations(server_tracking, tiny_generator
         assert r.status_code == 200, r.text[:500]
         predictions = np.asarray(r.json()["predictions"])
         assert predictions.shape == (1, 80, 96, 3)
-        assert predictions.min() >= 0 and predictions.max() <= 255
-        bare = requests.post(f"{url}/invocations", json={"inputs": img.tolist()}, timeout=60)
-        assert bare.status_code == 400 and "does not match expected shape" in bare.text
+        np.testing.assert_array_equal(predictions[0], upscale_array(generator, img))
+        refused = {
+            "floats (dtype float64)": {"inputs": [np.full((8, 8, 3), 0.99).tolist()]},
+            "got -1..-1": {"instances": [np.full((8, 8, 3), -1).tolist()]},
+            "got 300..300": {"inputs": [np.full((8, 8, 3), 300).tolist()]},
+            "booleans (dtype bool)": {"inputs": [np.full((8, 8, 3), True).tolist()]},
+            "strings (dtype <U1)": {"inputs": [np.full((8, 8, 3), "7").tolist()]},
+        }
+        for named, payload in refused.items():
+            r = requests.post(f"{url}/invocations", json=payload, timeout=60)
+            assert r.status_code == 400 and named in r.json()["message"], (named, r.status_code, r.text[-300:])
+            assert "pixel values must be uint8 integers 0..255" in r.json()["message"]
 
 
 def test_registered_champion_upscales_files(server_tracking, tiny_generator, tmp_path, monkeypatch):
