@@ -43,15 +43,23 @@ def _missing(name: str, what: str) -> ModelNotFoundError:
         known = f"registered models: {', '.join(names)}" if names else "no model is registered there yet"
         return ModelNotFoundError(f"no registered model {name!r} at {mlflow.get_tracking_uri()} ({known})")
     aliases = dict(getattr(model, "aliases", {}) or {})
-    versions = sorted((int(v.version) for v in client.search_model_versions(f"name='{_quote(name)}'")), reverse=True)
+    literal = filter_literal(name)
+    versions = sorted((int(v.version) for v in client.search_model_versions(f"name = {literal}")
+                       if v.name == name), reverse=True) if literal else []
     alias_text = (", ".join(f"{a} (version {v})" for a, v in sorted(aliases.items())) or "none")
     version_text = ", ".join(map(str, versions[:10])) + (" ..." if len(versions) > 10 else "") or "none"
     return ModelNotFoundError(f"registered model {name!r} has no {what}; its aliases: {alias_text}; "
                               f"its versions: {version_text} (use models:/{name}@<alias> or models:/{name}/<version>)")
 
 
-def _quote(name: str) -> str:
-    return name.replace("'", "''")  # a quote inside an MLflow search filter string
+def filter_literal(name: str) -> str | None:
+    """`name` as an MLflow search-filter string literal, or None when no literal can hold it.
+    MLflow strips the quotes and unescapes nothing (`''` is not a quote), so the only safe
+    quote is one the name does not contain."""
+    for quote in ("'", '"'):
+        if quote not in name:
+            return f"{quote}{name}{quote}"
+    return None
 
 
 def version_by_alias(name: str, alias: str):

@@ -75,6 +75,7 @@ from mlflow.tracking import MlflowClient
 
 from srcore import metric_names
 from srcore.config import Config, ConfigError
+from srcore.model_uri import filter_literal
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def _versions_with_key(client: MlflowClient, name: str, key: str) -> list[ModelV
 
 def _legacy_version(client: MlflowClient, name: str, model_uri: str) -> ModelVersion | None:
     """A version registered before REGISTRATION_KEY_TAG existed: by srgan.model_uri or source."""
-    quoted = _quoted(name)
+    quoted = filter_literal(name)
     if quoted is None:  # holds both quote characters: no filter string can name it
         log.debug("model name %r cannot be quoted in a search filter: no lookup of versions without a key", name)
         return None
@@ -246,15 +247,6 @@ def _legacy_version(client: MlflowClient, name: str, model_uri: str) -> ModelVer
         if e.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-
-
-def _quoted(name: str) -> str | None:
-    """`name` as a filter-string literal. MLflow strips the quotes and unescapes nothing,
-    so the only safe quote is one the name does not contain."""
-    for quote in ("'", '"'):
-        if quote not in name:
-            return f"{quote}{name}{quote}"
-    return None
 
 
 def _retag(client: MlflowClient, name: str, version: ModelVersion, tags: Mapping[str, str]) -> None:

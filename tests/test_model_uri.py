@@ -18,12 +18,14 @@ class _Identity(mlflow.pyfunc.PythonModel):
 
 @pytest.fixture
 def registered(tracking, tmp_path, monkeypatch):
-    """Registered model `srgan-uri-test` with version 1 under alias `candidate` only."""
+    """Registered model `srgan-uri-test` with version 1 under alias `candidate` only, and
+    `O'Brien's model` (a quote MLflow's filter strings cannot escape) with version 1."""
     monkeypatch.chdir(tmp_path)
     with mlflow.start_run():
         uri = mlflow.pyfunc.log_model(name="model", python_model=_Identity(), pip_requirements=["mlflow"]).model_uri
     version = mlflow.register_model(uri, "srgan-uri-test")
     mlflow.MlflowClient().set_registered_model_alias("srgan-uri-test", "candidate", version.version)
+    mlflow.register_model(uri, "O'Brien's model")
     return "srgan-uri-test"
 
 
@@ -41,6 +43,8 @@ def test_missing_alias_version_or_name_is_one_line_listing_what_exists(registere
         check_model_source("models:/nope@champion")
     with pytest.raises(ModelNotFoundError, match="no run"):
         check_model_source("runs:/0123456789abcdef/model")
+    with pytest.raises(ModelNotFoundError, match="its aliases: none; its versions: 1 "):  # a quote in the name
+        check_model_source("models:/O'Brien's model@champion")
     with pytest.raises(ModelNotFoundError, match="candidate"):  # deploy's champion look-up
         resolve_version(Config(registered_model_name=registered))
 

@@ -188,7 +188,7 @@ def test_pipeline_local_train_fails_after_epoch_1_then_retry_resumes(mlflow_serv
     exp_id = client.get_experiment_by_name(experiment).experiment_id
     (train,) = client.search_runs([exp_id], "tags.`srgan.step` = 'train'")  # one MLflow training run
     assert train.data.tags["resumed_from_epoch"] == "1"
-    assert [m.step for m in client.get_metric_history(train.info.run_id, "g_loss")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "train/epoch_g_loss")] == [1, 2, 3]
     (parent,) = client.search_runs([exp_id], "tags.`srgan.step` = 'pipeline'")
     assert parent.info.status == "FINISHED"
     assert client.get_model_version(model_name, first["model_version"]).run_id == train.info.run_id
