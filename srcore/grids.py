@@ -83,3 +83,33 @@ def sample_grid(rows: Sequence[Row], labels: Sequence[str] = DEFAULT_LABELS) -> 
 def face_row(row: Row, labels: Sequence[str] = DEFAULT_LABELS) -> Image.Image:
     """The labelled grid of a single face (one row)."""
     return sample_grid([row], labels)
+
+
+def card_grid(rows: Sequence[Row], labels: Sequence[str] = DEFAULT_LABELS) -> Image.Image:
+    """The same cells transposed for MLflow's image card: one column per face, one row
+    per kind (LR | bicubic | SR | HR), the kind in a left gutter. The card draws its image
+    in a square box under the run's name, so a grid wider than tall fits it whole where
+    `sample_grid`'s tall one (five faces, four kinds) is cut at the bottom."""
+    if not rows:
+        raise ValueError("card_grid needs at least one row")
+    if len(labels) != 4:
+        raise ValueError(f"card_grid needs 4 row labels, got {len(labels)}")
+    cells = [_row_cells(row, labels) for row in rows]
+    cell_w, cell_h = cells[0][-1].size
+    if any(c[-1].size != (cell_w, cell_h) for c in cells):
+        raise ValueError("all faces in one grid must have the same HR size")
+
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    gutter = max(_text_size(measure, t, font)[0] for t in labels) + 2 * MARGIN
+    text_h = max(_text_size(measure, t, font)[1] for t in labels)
+    width = gutter + len(rows) * cell_w + (len(rows) - 1) * GAP
+    height = 4 * cell_h + 3 * GAP
+    grid = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    for kind, label in enumerate(labels):
+        y = kind * (cell_h + GAP)
+        draw.text((MARGIN, y + (cell_h - text_h) // 2), label, fill=TEXT, font=font)
+        for col, face in enumerate(cells):
+            grid.paste(face[kind], (gutter + col * (cell_w + GAP), y))
+    return grid

@@ -426,7 +426,8 @@ def report_to_parent(metrics: Mapping[str, Any], registered: Any, extra_metrics:
 
 
 def _copy_showcase(client: mlflow.MlflowClient, eval_run_id: str, parent_id: str) -> None:
-    """The evaluation's sample grid on the parent too: visible where a user looks first."""
+    """The evaluation's sample grid on the parent too, as a plain file: the parent carries
+    params, and MLflow's image card would caption the grid with all of them."""
     if not eval_run_id:
         return
     import tempfile
@@ -439,7 +440,6 @@ def _copy_showcase(client: mlflow.MlflowClient, eval_run_id: str, parent_id: str
                                                         dst_path=tmp)
             with Image.open(local) as grid:
                 grid.load()
-                client.log_image(parent_id, grid, key="showcase", step=0)
                 client.log_image(parent_id, grid, artifact_file="showcase/latest.png")
     except (mlflow.exceptions.MlflowException, OSError) as e:
         log.warning("could not copy the showcase grid of run %s to the parent run: %s", eval_run_id, e)

@@ -369,11 +369,13 @@ def _validate(trainer: Trainer, epoch_done: int, val_images: list | None) -> Non
 
 def _log_showcase(trainer: Trainer, step: int) -> None:
     """The showcase faces' grid (a picture of the test split's showcase faces, no score)
-    per epoch, and the newest one at a fixed path."""
+    per epoch as `showcase/step_<n>.png`, and the newest one at a fixed path. Plain files,
+    not an MLflow image card: on a run with params the card's caption lists all of them and
+    squeezes the grid to a strip; evaluate's run carries the card (srcore.evaluate)."""
     from srcore.evaluate import SHOWCASE_ARTIFACT, showcase_grid
 
     grid = showcase_grid(trainer.generator, trainer.cfg, trainer.data_dir)
-    mlflow.log_image(grid, key="showcase", step=step)
+    mlflow.log_image(grid, artifact_file=f"showcase/step_{step:06d}.png")
     mlflow.log_image(grid, artifact_file=SHOWCASE_ARTIFACT)
 
 
@@ -462,7 +464,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
         logged_epoch = _last_logged(run_id, "train/epoch_seconds") if start_epoch else 0
         logged_step = _last_logged(run_id, "train/g_loss") if start_epoch else 0
         if not start_epoch and cfg.eval_every:
-            _log_showcase(trainer, 0)  # before training: MLflow's image card opens on step 0
+            _log_showcase(trainer, 0)  # before training: what the model starts from
         if start_epoch:
             log.info("continuing MLflow run %s from epoch %d", run_id, start_epoch)
         log.info(

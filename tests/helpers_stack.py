@@ -48,7 +48,7 @@ def check_stack_outcome(stack: dict, experiment: str, model_name: str, version: 
 
     keys = s3_keys(stack["s3"], f"{stack['prefix']}/{exp.experiment_id}/")
     assert any(k.endswith("/data/manifest.json") for k in keys), keys[:20]  # ingest's artifact
-    assert any("/images/" in k and k.endswith(".png") for k in keys), keys[:20]  # train's showcase
+    assert any("/images/" in k and k.endswith(".png") for k in keys), keys[:20]  # evaluate's showcase image card
     model_files = [k for k in keys if "/models/m-" in k]
     assert any(k.endswith("/MLmodel") for k in model_files), keys[:20]  # the LoggedModel itself
 

@@ -34,6 +34,19 @@ def check_params(runs) -> None:
     assert len(HPARAMS) <= 30
 
 
+def check_showcase_card(client, runs) -> None:
+    """MLflow's image card captions its picture with every param of the run: the card
+    (`showcase/grid`, first section of the page) is on evaluate, which logs no params; runs
+    with params keep the grid as a plain `showcase/` file."""
+    carded = [r for r in runs if "images" in {a.path for a in client.list_artifacts(r.info.run_id)}]
+    assert [r.info.run_name.split()[0] for r in carded] == ["evaluate"] * len(carded) and carded, \
+        [r.info.run_name for r in carded]
+    for r in carded:
+        assert not r.data.params, r.info.run_name
+        files = [a.path for a in client.list_artifacts(r.info.run_id, "images")]
+        assert files and all(f.startswith("images/showcase~grid+step+0+") for f in files), files
+
+
 def check_config_artifacts(client, runs) -> None:
     for r in runs:
         assert CONFIG_ARTIFACT in {a.path for a in client.list_artifacts(r.info.run_id)}, r.info.run_name

@@ -13,7 +13,7 @@ from PIL import Image
 
 from srcore import evaluate as E
 from srcore.config import build_config
-from srcore.grids import face_row, sample_grid
+from srcore.grids import card_grid, face_row, sample_grid
 
 REQUIRED_METRICS = {
     "test/psnr", "test/ssim", "test/psnr_y", "test/ssim_y", "test/lpips", "test/lpips_alex",
@@ -83,7 +83,8 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
     assert run.data.tags["data_manifest_hash"] == manifest["content_hash"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/per_image.csv", "evaluation/grid.png"} <= artifacts
-    assert any(a.path == "images" for a in mlflow.MlflowClient().list_artifacts(run.info.run_id))  # showcase, step 0
+    cards = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "images")]
+    assert cards and all(p.startswith("images/showcase~grid+step+0+") for p in cards)  # the image card, step 0
     assert "showcase/latest.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "showcase")}
     assert result["mlflow_run_id"] == run.info.run_id
 
@@ -165,6 +166,21 @@ def test_sample_grid_layout_and_labels():
     assert np.array_equal(lr_cell, np.repeat(np.repeat(rows[0][1], 4, 0), 4, 1))
     hr_cell = pixels[header : header + 128, gutter + 3 * 130 : gutter + 3 * 130 + 128]
     assert np.array_equal(hr_cell, rows[0][4])
+
+
+def test_card_grid_is_the_same_cells_one_column_per_face():
+    rows = [_row(n, i) for i, n in enumerate("abcde")]
+    card = card_grid(rows)
+    assert card.width > card.height  # five faces by four kinds: fits MLflow's square image box
+    assert card.height == 4 * 128 + 3 * 2
+    pixels = np.asarray(card)
+    gutter = card.width - 5 * 128 - 4 * 2
+    assert (pixels[:, :gutter] < 128).any()  # the kinds are labelled
+    for col, (_, lr, bicubic, sr, hr) in enumerate(rows):
+        x = gutter + col * 130
+        assert np.array_equal(pixels[:128, x : x + 128], np.repeat(np.repeat(lr, 4, 0), 4, 1))
+        for kind, image in enumerate((bicubic, sr, hr), start=1):
+            assert np.array_equal(pixels[kind * 130 : kind * 130 + 128, x : x + 128], image)
 
 
 def test_sample_grid_rejects_bad_input():

@@ -77,7 +77,7 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
 
     train_run = children["train"]
     assert len(client.get_metric_history(train_run.info.run_id, "train/epoch_g_loss")) == 3  # 1 pretrain + 2 GAN epochs
-    assert {a.path for a in client.list_artifacts(train_run.info.run_id)} >= {"images"}
+    assert {a.path for a in client.list_artifacts(train_run.info.run_id)} >= {"showcase"}  # per-epoch grids
     assert "test/psnr" in children["evaluate"].data.metrics
     # the smoke model (bicubic skip) looks like bicubic or better, not a grey smear (issue 17)
     scores = {k.replace("/", "_"): v for k, v in children["evaluate"].data.metrics.items()}
@@ -99,6 +99,7 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
         return {k: v for k, v in params.items() if k != "precision"}
     assert same(parent.data.params) == same(train_run.data.params)
     expect.check_config_artifacts(client, runs)
+    expect.check_showcase_card(client, runs)
     expect.check_names_distinct(runs)
     expect.check_metric_groups(runs)
     assert {"val/psnr_y", "train/g_loss"} <= set(train_run.data.metrics)

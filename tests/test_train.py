@@ -48,8 +48,10 @@ def test_smoke_training_moves_the_loss_and_logs_everything(tmp_path, smoke_data,
     assert run.data.params["precision"] in ("float32", "mixed_bfloat16")  # `auto` resolved
     assert run.data.tags["precision_reason"]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id)}
-    assert "images" in artifacts  # log_image(step=...) keeps one showcase grid per epoch
+    assert "images" not in artifacts  # no image card: it would caption the grid with every param
     assert {"config.yaml", "showcase"} <= artifacts
+    grids = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "showcase")}
+    assert {"showcase/latest.png", "showcase/step_000000.png", "showcase/step_000003.png"} <= grids, grids
     assert result.model_uri.startswith("models:/")
 
 
