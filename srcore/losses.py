@@ -158,12 +158,13 @@ class VGG16Conv53:
         params = load_params(path, net="vgg16")
         # non-trainable variables, not graph constants: 59 MB stays out of the traced graph
         self.convs = [(tf.Variable(k, trainable=False), tf.Variable(b, trainable=False)) for k, b in params["convs"]]
+        # the policy it is built under (like a Keras layer), not the one global when called
+        self.compute_dtype = keras.mixed_precision.global_policy().compute_dtype
 
     def __call__(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         from srcore.lpips import vgg16_features
 
-        dtype = keras.mixed_precision.global_policy().compute_dtype
-        return vgg16_features(tf.cast(x, dtype), self.convs, last_pre_relu=True)[-1]
+        return vgg16_features(tf.cast(x, self.compute_dtype), self.convs, last_pre_relu=True)[-1]
 
 
 def _vgg19_54(cfg_weights: str, cache_dir: str | os.PathLike, limits: DownloadLimits | None) -> keras.Model:

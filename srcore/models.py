@@ -6,9 +6,12 @@ custom layer (PixelShuffle) is registered.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -61,18 +64,65 @@ class ICNR(keras.initializers.Initializer):
         return {"base": keras.initializers.serialize(self.base), "factor": self.factor}
 
 
+TAPS = np.arange(-2, 3)  # every output position of any integer factor reads input i-2..i+2
+
+
+def _keys_cubic(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    """Keys' cubic convolution kernel (a = -0.5, as TF's ResizeBicubic); 0 from |t| >= 2."""
+    t = np.abs(t)
+    near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+    far = ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
+    return np.where(t <= 1.0, near, np.where(t < 2.0, far, 0.0))
+
+
+def bicubic_phases(factor: int) -> np.ndarray:
+    """(5, factor) weights: output factor*i + p is sum_d w[d, p] * x[i + d - 2]. With
+    half-pixel centres output factor*i + p sits at input i + (p + 0.5)/factor - 0.5."""
+    centres = (np.arange(factor) + 0.5) / factor - 0.5
+    return _keys_cubic(centres[None, :] - TAPS[:, None])
+
+
+def _upscale_axis(x: tf.Tensor, axis: int, factor: int) -> tf.Tensor:
+    """Bicubic upscaling of axis 1 (rows) or 2 (columns) as one depthwise convolution
+    (a channel per output phase) and an interleave of the phases."""
+    phases = bicubic_phases(factor)
+    channels = x.shape[-1]
+    kernel = phases[:, None, None, :] if axis == 1 else phases[None, :, None, :]
+    kernel = tf.constant(np.tile(kernel, (1, 1, channels, 1)), tf.float32)
+    # zero padding: taps outside the image contribute nothing ...
+    y = tf.nn.depthwise_conv2d(x, kernel, strides=[1, 1, 1, 1], padding="SAME")
+    # ... and the taps inside are renormalized to sum 1 (TF's convention; not an edge clamp)
+    n = tf.shape(x)[axis]
+    inside = tf.cast(tf.range(n)[:, None] + TAPS[None, :] >= 0, tf.float32) * tf.cast(
+        tf.range(n)[:, None] + TAPS[None, :] < n, tf.float32)
+    norm = tf.reshape(tf.matmul(inside, tf.constant(phases, tf.float32)), [-1])  # (n * factor,) in output order
+    s = tf.shape(x)
+    y = tf.reshape(y, [s[0], s[1], s[2], channels, factor])
+    if axis == 1:
+        y = tf.reshape(tf.transpose(y, [0, 1, 4, 2, 3]), [s[0], s[1] * factor, s[2], channels])
+        return y / tf.reshape(norm, [1, -1, 1, 1])
+    y = tf.reshape(tf.transpose(y, [0, 1, 2, 4, 3]), [s[0], s[1], s[2] * factor, channels])
+    return y / tf.reshape(norm, [1, 1, -1, 1])
+
+
 @keras.saving.register_keras_serializable(package="srcore")
 class BicubicUpsample(layers.Layer):
     """Bicubic upscaling by `factor` of [-1, 1] images, any size (the global skip of
-    `bicubic_skip`): the network then learns only the residual over bicubic."""
+    `bicubic_skip`): the network then learns only the residual over bicubic.
+
+    Equal (within float32 rounding) to tf.image.resize(method="bicubic"), but as a fixed
+    convolution: XLA has no ResizeBicubic kernel on CPU, so jit_compile could not
+    compile a generator that used it."""
 
     def __init__(self, factor: int = 4, **kwargs):
         super().__init__(**kwargs)
         self.factor = int(factor)
 
     def call(self, x):
-        size = tf.shape(x)[1:3] * self.factor
-        return tf.cast(tf.image.resize(tf.cast(x, tf.float32), size, method="bicubic"), self.compute_dtype)
+        y = tf.cast(x, tf.float32)
+        y = _upscale_axis(y, 1, self.factor)  # rows first, then columns, as ResizeBicubic
+        y = _upscale_axis(y, 2, self.factor)
+        return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, shape):
         b, h, w, c = shape
@@ -171,6 +221,43 @@ def generator_scale(model: keras.Model) -> int:
     return factor
 
 
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under the Keras dtype policy `name`, then restore the process-wide one:
+    a layer keeps the policy it was constructed with, so the trainer's models compute in
+    its precision while every model built later in the process (evaluate, export, upscale
+    after training in one process; the next sweep trial) is float32 again."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _policy(layer: keras.layers.Layer) -> str:
+    return getattr(layer.dtype_policy, "name", str(layer.dtype_policy))
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """`model` itself when every layer computes in float32, else a float32 copy with the
+    same weights (variables are float32 under mixed policies). A generator trained and
+    saved under mixed_bfloat16 keeps that policy per layer in its .keras config; inference
+    (evaluate, upscale, export, serving) must not round activations to 8 bits."""
+    if all(_policy(layer) == "float32" for layer in model.layers):
+        return model
+
+    def float32_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=float32_layer)
+    copy.set_weights(model.get_weights())
+    if hasattr(model, "scale"):
+        copy.scale = model.scale
+    return copy
+
+
 def load_generator(path: str) -> keras.Model:
-    """Load a `.keras` generator with safe_mode (no arbitrary code)."""
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    """Load a `.keras` generator with safe_mode (no arbitrary code), computing in float32
+    whatever precision it was trained in."""
+    return as_float32(keras.saving.load_model(path, safe_mode=True, compile=False))

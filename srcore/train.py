@@ -31,7 +31,7 @@ from srcore.data.dataset import VAL_FRACTION, train_count, train_dataset, val_fa
 from srcore.data.download import DownloadLimits
 from srcore.data.manifest import read_manifest
 from srcore.losses import ContentLoss, adversarial_loss, discriminator_loss, pixel_mse, resolve_content_loss
-from srcore.models import build_discriminator, build_generator
+from srcore.models import as_float32, build_discriminator, build_generator, dtype_policy
 from srcore.precision import resolve_precision
 from srcore.progress import progress
 
@@ -167,12 +167,13 @@ class Trainer:
         self.data_dir = Path(data_dir) if data_dir else None
         self.model_dir = Path(model_dir)
         self.strategy = make_strategy()
-        keras.mixed_precision.set_global_policy(cfg.precision)
         keras.utils.set_random_seed(cfg.seed)
         self.steps_per_epoch = steps_per_epoch
         self.total_epochs = cfg.pretrain_epochs + cfg.epochs
 
-        with self.strategy.scope():
+        # the models (and the VGG loss) compute in cfg.precision; the process-wide policy is
+        # restored after, so models built later in this process are float32
+        with self.strategy.scope(), dtype_policy(cfg.precision):
             self.generator = build_generator(cfg.gen_filters, cfg.gen_blocks, cfg.scale, cfg.gen_init_scale,
                                              bicubic_skip=cfg.gen_bicubic_skip)
             self.discriminator = build_discriminator(cfg.patch_size or cfg.hr_size, cfg.disc_filters, cfg.disc_flatten)
@@ -348,6 +349,12 @@ class Trainer:
         means["epoch_seconds"] = elapsed
         return means
 
+    def inference_generator(self) -> keras.Model:
+        """The generator with its current weights computing in float32: what is validated,
+        saved, logged and exported, whatever precision it trains in (the same numbers as the
+        generator.keras that evaluate, upscale, export and serving load)."""
+        return as_float32(self.generator)
+
     def save_checkpoint(self, epoch_done: int) -> str:
         self.epoch.assign(epoch_done)
         path = self.manager.save(checkpoint_number=epoch_done)
@@ -360,7 +367,7 @@ def _validate(trainer: Trainer, epoch_done: int, val_images: list | None) -> Non
     never on faces it trains on); nothing without validation faces."""
     from srcore.evaluate import validation_eval
 
-    metrics = validation_eval(trainer.generator, trainer.cfg, val_images or [])
+    metrics = validation_eval(trainer.inference_generator(), trainer.cfg, val_images or [])
     if metrics:
         mlflow.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=epoch_done)
         log.info("epoch %d validation metrics (%d faces held out of the training split): %s", epoch_done,
@@ -374,7 +381,7 @@ def _log_showcase(trainer: Trainer, step: int) -> None:
     squeezes the grid to a strip; evaluate's run carries the card (srcore.evaluate)."""
     from srcore.evaluate import SHOWCASE_ARTIFACT, showcase_grid
 
-    grid = showcase_grid(trainer.generator, trainer.cfg, trainer.data_dir)
+    grid = showcase_grid(trainer.inference_generator(), trainer.cfg, trainer.data_dir)
     mlflow.log_image(grid, artifact_file=f"showcase/step_{step:06d}.png")
     mlflow.log_image(grid, artifact_file=SHOWCASE_ARTIFACT)
 
@@ -419,12 +426,13 @@ def _log_final_model(trainer: Trainer, generator_path: Path, run_id: str) -> str
     signature = ModelSignature(inputs=Schema([any_image]), outputs=Schema([any_image]))
     # The TensorFlow flavour stores Keras 3 models as .keras; mlflow.keras 3.17 fails to
     # save an input example (it writes it before creating the model folder).
-    mlflow.tensorflow.log_model(trainer.generator, name="generator", signature=signature, input_example=example)
+    generator = trainer.inference_generator()
+    mlflow.tensorflow.log_model(generator, name="generator", signature=signature, input_example=example)
     info = log_upscaler(str(generator_path), name="upscaler", limits=ServingLimits.from_config(cfg))
     # the serving SavedModel (uint8 in/out, TF Serving layout) beside it: what KServe serves
     from srcore.export import log_savedmodel
 
-    log_savedmodel(trainer.generator, cfg=cfg)
+    log_savedmodel(generator, cfg=cfg)
     return info.model_uri
 
 
@@ -486,7 +494,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
                 if cfg.eval_every:
                     _log_showcase(trainer, done)
             if done == cfg.pretrain_epochs:
-                write_atomic(model_dir / SRRESNET_FILE, trainer.generator.save)
+                write_atomic(model_dir / SRRESNET_FILE, trainer.inference_generator().save)
                 mlflow.log_artifact(str(model_dir / SRRESNET_FILE), artifact_path="srresnet")
             if done % cfg.checkpoint_every == 0 or done == trainer.total_epochs or done == cfg.pretrain_epochs:
                 trainer.save_checkpoint(done)
@@ -497,7 +505,7 @@ def train(cfg: Config, data_dir: str | os.PathLike | None = None, model_dir: str
             model_uri = uri_file.read_text().strip()
             log.info("training already complete (%d epochs); model %s", start_epoch, model_uri)
         else:
-            write_atomic(generator_path, trainer.generator.save)
+            write_atomic(generator_path, trainer.inference_generator().save)
             model_uri = _log_final_model(trainer, generator_path, run_id)
             write_text_atomic(uri_file, model_uri)
             mlflow.set_tag("model_uri", model_uri)

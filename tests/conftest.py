@@ -307,6 +307,19 @@ def server_tracking(mlflow_server, monkeypatch):
     _end_runs()
 
 
+@pytest.fixture(autouse=True)
+def _float32_policy_after_each_test():
+    """A test (or the code it runs) that leaves a mixed Keras dtype policy behind fails here,
+    by name, instead of silently making every later test build bf16 models."""
+    yield
+    keras = sys.modules.get("keras")  # no Keras import for tests that never load it
+    if keras is not None and keras.mixed_precision.global_policy().name != "float32":
+        leaked = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy("float32")
+        pytest.fail(f"the global Keras dtype policy was left at {leaked}: build models under "
+                    "srcore.models.dtype_policy instead of setting it process-wide")
+
+
 @pytest.fixture(scope="session")
 def celeba_dir() -> Path:
     if not CELEBA.is_dir() or not any(CELEBA.glob("*.jpg")):

@@ -105,3 +105,52 @@ def test_bicubic_skip_generator_starts_near_bicubic_and_round_trips(tmp_path):
     g.save(path)
     again = keras.saving.load_model(path, safe_mode=True, compile=False)
     np.testing.assert_allclose(again(degrade.to_unit(lr)), g(degrade.to_unit(lr)), atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_bicubic_upsample_equals_tf_image_resize(factor):
+    """The skip's fixed convolution is ResizeBicubic's arithmetic (Keys a=-0.5, half-pixel
+    centres, outside taps dropped and the rest renormalized) on any size, 1-pixel edges too."""
+    from srcore.models import BicubicUpsample
+
+    rng = np.random.default_rng(factor)
+    layer = BicubicUpsample(factor)
+    for h, w in [(1, 1), (1, 6), (2, 3), (5, 2), (12, 12), (37, 51)]:
+        x = rng.uniform(-1, 1, (2, h, w, 3)).astype("float32")
+        want = tf.image.resize(x, (h * factor, w * factor), method="bicubic").numpy()
+        np.testing.assert_allclose(layer(x).numpy(), want, atol=2e-6, err_msg=f"{h}x{w} x{factor}")
+
+
+def test_bicubic_upsample_compiles_with_xla_and_runs_under_bf16():
+    from srcore.models import BicubicUpsample
+
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 9, 13, 3)).astype("float32")
+    want = tf.image.resize(x, (36, 52), method="bicubic").numpy()
+    xla = tf.function(BicubicUpsample(4).__call__, jit_compile=True)  # XLA has no ResizeBicubic on CPU
+    np.testing.assert_allclose(xla(x).numpy(), want, atol=2e-6)
+    bf16 = BicubicUpsample(4, dtype="mixed_bfloat16")(x)
+    assert bf16.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(bf16, tf.float32).numpy(), want, atol=1e-2)  # bf16 has 8 bits
+
+
+def test_generator_built_and_saved_under_bf16_loads_as_float32(tmp_path):
+    """A generator trained under mixed_bfloat16 keeps that policy per layer in its .keras
+    config; load_generator gives the same weights computing in float32 (inference equal
+    on every path), and building it left the process-wide policy float32."""
+    from srcore.models import as_float32, dtype_policy
+
+    with dtype_policy("mixed_bfloat16"):
+        g = build_generator(8, 1, 4, 0.1, bicubic_skip=True)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert build_generator(8, 1).get_layer("res0_conv1").compute_dtype == "float32"
+    assert g.get_layer("res0_conv1").compute_dtype == "bfloat16"
+    path = tmp_path / "g.keras"
+    g.save(path)
+    assert keras.saving.load_model(path, compile=False).get_layer("res0_conv1").compute_dtype == "bfloat16"
+    loaded = load_generator(str(path))
+    assert {l.dtype_policy.name for l in loaded.layers} == {"float32"}
+    assert generator_scale(loaded) == 4
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 9, 11, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded(x).numpy(), as_float32(g)(x).numpy())
+    for a, b in zip(loaded.get_weights(), g.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -134,19 +134,38 @@ def test_precision_and_xla_switches_give_finite_steps(tmp_path, precision, jit):
     import keras
 
     cfg = build_config("smoke", overrides={**TINY, "precision": precision, "jit_compile": jit, "batch_size": 2})
-    try:
-        trainer = train_mod.Trainer(cfg, None, tmp_path, steps_per_epoch=1)
-        if precision == "mixed_float16":
-            assert isinstance(trainer.g_opt, keras.optimizers.LossScaleOptimizer)
-        rng = np.random.default_rng(0)
-        lr = tf.constant(rng.uniform(-1, 1, (2, 32, 32, 3)), tf.float32)
-        hr = tf.constant(rng.uniform(-1, 1, (2, 128, 128, 3)), tf.float32)
-        for step in (trainer.pretrain_step, trainer.gan_step):
-            losses = step(lr, hr)
-            assert all(np.isfinite(float(v)) for v in losses.values())
-        assert trainer.generator(lr).dtype == tf.float32  # outputs stay float32 under mixed policies
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    trainer = train_mod.Trainer(cfg, None, tmp_path, steps_per_epoch=1)
+    if precision == "mixed_float16":
+        assert isinstance(trainer.g_opt, keras.optimizers.LossScaleOptimizer)
+    rng = np.random.default_rng(0)
+    lr = tf.constant(rng.uniform(-1, 1, (2, 32, 32, 3)), tf.float32)
+    hr = tf.constant(rng.uniform(-1, 1, (2, 128, 128, 3)), tf.float32)
+    for step in (trainer.pretrain_step, trainer.gan_step):
+        losses = step(lr, hr)
+        assert all(np.isfinite(float(v)) for v in losses.values())
+    assert trainer.generator(lr).dtype == tf.float32  # outputs stay float32 under mixed policies
+
+
+def test_trainer_precision_stays_in_its_models(tmp_path):
+    """The trainer's models train in bf16, but the process-wide policy stays float32: a model
+    built later in the process (evaluate/export/upscale after training, the next sweep trial)
+    is float32, and so is what the trainer saves and validates."""
+    import keras
+
+    from srcore.models import build_generator
+
+    cfg = build_config("smoke", overrides={**TINY, "precision": "mixed_bfloat16", "batch_size": 2,
+                                           "content_loss": "mse"})
+    trainer = train_mod.Trainer(cfg, None, tmp_path, steps_per_epoch=1)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert build_generator(8, 1).get_layer("res0_conv1").compute_dtype == "float32"
+    assert trainer.generator.get_layer("res0_conv1").compute_dtype == "bfloat16"
+    assert {l.dtype_policy.name for l in trainer.inference_generator().layers} == {"float32"}
+    # the compiled step convolves in bf16 (layers keep the policy they were built under)
+    lr = tf.zeros((2, 32, 32, 3))
+    graph = trainer.pretrain_step.get_concrete_function(lr, tf.zeros((2, 128, 128, 3))).graph.as_graph_def()
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    assert {tf.dtypes.as_dtype(n.attr["T"].type).name for n in nodes if n.op == "Conv2D"} == {"bfloat16"}
 
 
 def test_resume_logs_no_epoch_twice_and_restores_exact_state(tmp_path, smoke_data, tracking, monkeypatch):
