@@ -42,6 +42,7 @@ class Step:
     mlproject: tuple[str, ...] | None = None  # Config fields offered as MLproject parameters; None = no entry point
     out: str = ""  # the Config field `--out` stands for (the step's output folder)
     shown: tuple[str, ...] = ()  # Config fields `--help` lists (default: config); all are flags anyway
+    needs_source: bool = False  # refuse a missing --source before anything else (network included)
 
     def load(self) -> Callable[..., dict[str, Any]]:
         module, name = self.function.split(":")
@@ -64,7 +65,7 @@ STEPS: dict[str, Step] = {
         "srcore.steps:ingest_step", _fields("data", "tracking", extra=("hr_size",)), (),
         ("data_dir", "content_hash", "config_json"),
         "select, center-crop and split the source's images into train shards + test PNGs",
-        mlproject=("source", "data_dir", "limit", "test_count"), out="data_dir",
+        mlproject=("source", "data_dir", "limit", "test_count"), out="data_dir", needs_source=True,
     ),
     "train": Step(
         "srcore.steps:train_step", _fields("input", "model", "loss", "train", "tracking", extra=("data_dir",)),
@@ -145,6 +146,7 @@ STEPS: dict[str, Step] = {
         # every field applies to each trial; --help lists what a sweep itself adds
         shown=("source", "data_dir", "model_dir", "eval_dir", "epochs", "pretrain_epochs", "batch_size",
                *section_fields("register", "tracking", "sweep")),
+        needs_source=True,
     ),
     "main": Step(
         "srcore.steps:main_step", _fields("data", "input", "model", "loss", "train", "evaluate", "register", "tracking"), (),
@@ -152,6 +154,7 @@ STEPS: dict[str, Step] = {
         "ingest -> train -> evaluate -> register as one MLflow parent run",
         mlproject=("source", "limit", "test_count", *_TRAIN_PARAMS, "registered_model_name", "experiment_name",
                    "data_dir", "model_dir", "eval_dir"),
+        needs_source=True,
     ),
 }
 
@@ -164,6 +167,8 @@ def run(name: str, cfg: Config, **inputs: Any) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"step {name} has no input(s) {', '.join(sorted(unknown))}; inputs: {', '.join(sorted(known))}")
     given = {k: v for k, v in inputs.items() if v not in (None, "")}
+    if step.needs_source:
+        require_source(cfg)  # a missing source is the user's first fix: say it before any network check
     tracked = "tracking" in step.sections
     if tracked or any(str(v).startswith(("models:/", "runs:/")) for v in given.values()):
         # a remote tracking server or artifact store that cannot be used fails here, in

@@ -308,6 +308,23 @@ def server_tracking(mlflow_server, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _tracking_uri_restored_after_each_test():
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI: a test that calls it (or
+    runs code that does) must not point every later test at its server."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            mlflow.set_tracking_uri(None)  # back to the default resolution
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            mlflow.set_tracking_uri(before)
+
+
+@pytest.fixture(autouse=True)
 def _float32_policy_after_each_test():
     """A test (or the code it runs) that leaves a mixed Keras dtype policy behind fails here,
     by name, instead of silently making every later test build bf16 models."""

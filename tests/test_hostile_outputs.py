@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -200,18 +201,20 @@ def test_export_to_object_storage_follows_the_same_rule(tiny_generator, monkeypa
                            "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
             monkeypatch.setenv(key, value)
         s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="models")
-        s3.put_object(Bucket="models", Key="serving/m/1/important.txt", Body=b"precious")
-        cfg = Config(deploy_storage_uri="s3://models/serving")
-        with pytest.raises(OutputDirError, match=r"s3://models/serving/m/1 .*important.txt"):
+        # moto keeps one in-memory S3 per process: a bucket of its own, not another test's
+        bucket = f"models-{uuid.uuid4().hex[:8]}"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="serving/m/1/important.txt", Body=b"precious")
+        cfg = Config(deploy_storage_uri=f"s3://{bucket}/serving")
+        with pytest.raises(OutputDirError, match=rf"s3://{bucket}/serving/m/1 .*important.txt"):
             export_step(cfg, str(tiny_generator), model_name="m", model_version="1")
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models")["Contents"]]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
         assert keys == ["serving/m/1/important.txt"]
-        assert s3.get_object(Bucket="models", Key=keys[0])["Body"].read() == b"precious"
+        assert s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read() == b"precious"
 
         export_step(cfg, str(tiny_generator), model_name="m", model_version="2")
         export_step(cfg, str(tiny_generator), model_name="m", model_version="2")  # its own: again
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="serving/m/2/")["Contents"]}
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="serving/m/2/")["Contents"]}
         assert {"serving/m/2/saved_model.pb", f"serving/m/2/{MARKER}"} <= keys
     finally:
         server.stop()

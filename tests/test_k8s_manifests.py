@@ -120,17 +120,28 @@ def _deploy_api_calls() -> set[tuple[str, str, str]]:
 
     tree = ast.parse(Path(deploy.__file__).read_text())
     needed = set()
+    pattern = r"(get|read|list|create|patch|replace|delete)_namespaced_(\w+)"
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        if not isinstance(node, ast.Call):
             continue
-        m = re.fullmatch(r"(get|read|list|create|patch|replace|delete)_namespaced_(\w+)", node.func.attr)
+        # a direct call `api.<method>(args)`, or one made by name through a wrapper:
+        # `_call(api, deadline, what, "<method>", args...)` (srcore.api_deadline bounds each call)
+        by_name = [i for i, a in enumerate(node.args) if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                   and re.fullmatch(pattern, a.value)]
+        if by_name:
+            method, args = node.args[by_name[0]].value, node.args[by_name[0] + 1:]
+        elif isinstance(node.func, ast.Attribute):
+            method, args = node.func.attr, node.args
+        else:
+            continue
+        m = re.fullmatch(pattern, method)
         if not m:
-            if node.func.attr in ("Watch", "stream"):
+            if method in ("Watch", "stream"):
                 needed.add(("?", "?", "watch"))  # a watch: the test below must be taught its resource
             continue
         verb, kind = _VERBS[m.group(1)], m.group(2)
         if kind == "custom_object":
-            group, plural = (getattr(deploy, a.id) for a in (node.args[0], node.args[3]))
+            group, plural = (getattr(deploy, a.id) for a in (args[0], args[3]))
             needed.add((group, plural, verb))
         else:
             needed.add(("", kind + "s", verb))
