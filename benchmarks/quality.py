@@ -33,6 +33,7 @@ from srcore.config import build_config  # noqa: E402
 from srcore.data.manifest import read_manifest  # noqa: E402
 from srcore.data.ingest import ingest  # noqa: E402
 from srcore.evaluate import evaluate  # noqa: E402
+from srcore.metric_names import BICUBIC  # noqa: E402
 
 log = logging.getLogger("quality")
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def render(cfg, facts, counts, test, seed5, seed_tut, crop0: int, grid_rel: str,
     labels = {**dict(ROWS), "srgan": srgan_label(facts)}
     for key, _ in ROWS:
         r = test[key]
-        p = "test/bicubic_" if key == "bicubic" else "test/"
+        p = BICUBIC if key == "bicubic" else "test/"
         gain = 0.0 if key == "bicubic" else r.get("test/gain_psnr")
         lines.append(
             f"| {labels[key]} | {_fmt(r.get(p + 'psnr'))} | {_fmt(r.get(p + 'ssim'), 4)} | {_fmt(r.get(p + 'psnr_y'))} | "
@@ -152,7 +153,7 @@ def render(cfg, facts, counts, test, seed5, seed_tut, crop0: int, grid_rel: str,
         )
     for key, _ in ROWS:
         r, label = seed5[key], labels[key]
-        p = "test/bicubic_" if key == "bicubic" else "test/"
+        p = BICUBIC if key == "bicubic" else "test/"
         lines.append(f"| {label} | {_fmt(r.get(p + 'psnr'))} | {_fmt(r.get(p + 'ssim'), 4)} | "
                      f"{_fmt(r.get(p + 'psnr_y'))} | {_fmt(r.get(p + 'ssim_y'), 4)} |")
     lines += [

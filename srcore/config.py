@@ -112,7 +112,7 @@ class Config:
     registered_model_name: str = _f("srgan-celeba", "MLflow registered model name")
     gate_metric: str = _f("test/psnr_y", "test-split metric that decides the champion alias (the final held-out check)")
     gate_mode: str = _f("max", "whether higher ('max') or lower ('min') gate_metric is better", choices=("max", "min"))
-    gate_min_gain: float = _f(0.0, "champion only if gate_metric beats test/bicubic_<metric> on the same test split by strictly more than this")
+    gate_min_gain: float = _f(0.0, "champion only if gate_metric beats test/bicubic/<metric> on the same test split by strictly more than this")
 
     # ---- serving (limits of the logged pyfunc model, stated in its metadata) ----------
     serve_max_pixels: int = _f(262_144, "served model: refuse requests with more LR pixels (sum over the batch; HTTP 400)", ge=1)

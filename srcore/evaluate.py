@@ -10,7 +10,7 @@ shares its backbone with that loss); each is skipped when its weights are unavai
 Outputs in `out_dir` (each written under a temporary name, then renamed):
 - `metrics.json`: the mean of every per-image score, keyed as logged to MLflow
   (test/psnr, test/ssim, test/psnr_y, test/ssim_y, test/lpips, test/lpips_alex,
-  test/bicubic_*, test/gain_*; srcore.metric_names), plus "how" (every convention behind
+  test/bicubic/*, test/gain_*; srcore.metric_names), plus "how" (every convention behind
   the numbers), "counts", "model", the data manifest and test split hashes and the MLflow
   run id. Top-level numbers are metrics and nothing else.
 - `per_image.csv`: one row per test image with the same keys;
@@ -45,6 +45,7 @@ from srcore.data.download import DownloadLimits
 from srcore.data.manifest import read_manifest
 from srcore.grids import card_grid, face_row, sample_grid
 from srcore.lpips import LPIPS, load_lpips
+from srcore.metric_names import BICUBIC as BICUBIC_GROUP
 from srcore.progress import progress
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def _lpips_models(lpips: LPIPS | Mapping[str, LPIPS] | None) -> dict[str, LPIPS]
 
 def _score(batch: _Batch, cfg: Config, lpips: LPIPS | Mapping[str, LPIPS] | None,
            is_bicubic: bool) -> list[dict[str, Any]]:
-    """Per-image rows: test/*, test/bicubic_* and test/gain_* scores of one batch."""
+    """Per-image rows: test/*, test/bicubic/* and test/gain_* scores of one batch."""
     sr_scores = M.batch_metrics(batch.sr, batch.hr, cfg.crop_border)
     bicubic_scores = sr_scores if is_bicubic else M.batch_metrics(batch.bicubic, batch.hr, cfg.crop_border)
     distances = []
@@ -137,7 +138,7 @@ def _score(batch: _Batch, cfg: Config, lpips: LPIPS | Mapping[str, LPIPS] | None
                 continue
             test, base = float(sr_scores[key][i]), float(bicubic_scores[key][i])
             row[f"test/{metric}"] = test
-            row[f"test/bicubic_{metric}"] = base
+            row[BICUBIC_GROUP + metric] = base
             # gain > 0 means better than bicubic; LPIPS is a distance (lower is better)
             row[f"test/gain_{metric}"] = base - test if metric in LPIPS_METRICS else test - base
         rows.append(row)
@@ -249,7 +250,7 @@ def _load_model(model: Any) -> tuple[Any | None, str]:
 def describe(cfg: Config, lpips_note: str) -> dict[str, Any]:
     """The "how" block: every convention behind the numbers."""
     b = cfg.crop_border
-    who_prefix = {"test": "test/", "bicubic": "test/bicubic_", "gain": "test/gain_"}
+    who_prefix = {"test": "test/", "bicubic": BICUBIC_GROUP, "gain": "test/gain_"}
     names = {f"{who_prefix[who]}{metric}": M.metric_label(metric.split("_")[0], "y" if metric.endswith("_y") else "rgb", b)
              for who in ("test", "bicubic", "gain") for metric in SCORES.values()}
     return {

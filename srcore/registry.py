@@ -12,7 +12,7 @@ The gate: alias `champion` moves to the new version only if all of these hold:
 1. Its `cfg.gate_metric` (a `test/<x>` metric) is a number: a missing or NaN value
    fails before anything is registered, so it can never become champion, not even
    the first version.
-2. It beats bicubic on the same test split: `test/<x>` is better than `test/bicubic_<x>`
+2. It beats bicubic on the same test split: `test/<x>` is better than `test/bicubic/<x>`
    from the same evaluation by strictly more than `cfg.gate_min_gain` (higher for
    gate_mode 'max', lower for 'min'). A missing bicubic value fails the floor.
 3. If there is a champion: it was scored on the same test split (equal

@@ -17,8 +17,8 @@ from srcore.grids import card_grid, face_row, sample_grid
 
 REQUIRED_METRICS = {
     "test/psnr", "test/ssim", "test/psnr_y", "test/ssim_y", "test/lpips", "test/lpips_alex",
-    "test/bicubic_psnr", "test/bicubic_ssim", "test/bicubic_psnr_y", "test/bicubic_ssim_y", "test/bicubic_lpips",
-    "test/bicubic_lpips_alex", "test/gain_psnr", "test/gain_psnr_y", "test/gain_lpips", "test/gain_lpips_alex",
+    "test/bicubic/psnr", "test/bicubic/ssim", "test/bicubic/psnr_y", "test/bicubic/ssim_y", "test/bicubic/lpips",
+    "test/bicubic/lpips_alex", "test/gain_psnr", "test/gain_psnr_y", "test/gain_lpips", "test/gain_lpips_alex",
 }
 
 
@@ -68,7 +68,7 @@ def test_evaluate_generator_writes_outputs_and_logs_to_mlflow(tracking, eval_dat
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == manifest["test_files"]
     assert np.mean([float(r["test/psnr"]) for r in rows]) == pytest.approx(result["test/psnr"], abs=1e-5)
-    assert {"test/gain_psnr_y", "test/lpips", "test/lpips_alex", "test/bicubic_ssim_y"} <= set(rows[0])
+    assert {"test/gain_psnr_y", "test/lpips", "test/lpips_alex", "test/bicubic/ssim_y"} <= set(rows[0])
 
     grid = Image.open(out / "grid.png")
     assert grid.height > 128 * len(showcase)
@@ -99,15 +99,15 @@ def test_bicubic_model_has_zero_gain_and_lpips_can_be_skipped(tracking, eval_dat
     result = E.evaluate(cfg, "bicubic", data_dir=eval_data, out_dir=tmp_path / "bicubic")
     assert result["model"] == "bicubic"
     assert result["test/gain_psnr"] == 0 and result["test/gain_psnr_y"] == 0 and result["test/gain_ssim"] == 0
-    assert result["test/psnr"] == result["test/bicubic_psnr"]
+    assert result["test/psnr"] == result["test/bicubic/psnr"]
     assert "test/lpips" not in result and "test/lpips_alex" not in result
     assert result["how"]["lpips"].startswith("lpips: skipped:")
     assert result["counts"]["lpips"] == 0
     # the baseline is exactly the shared degradation followed by bicubic upscaling
     hr = np.stack([img for _, img in load_test_images(eval_data)])
     expected = M.batch_metrics(degrade.bicubic_upscale(degrade.downscale(hr, 4, True), 4).numpy(), hr, 4)
-    assert result["test/bicubic_psnr"] == pytest.approx(expected["psnr_rgb"].mean(), abs=1e-9)
-    assert result["test/bicubic_ssim_y"] == pytest.approx(expected["ssim_y"].mean(), abs=1e-9)
+    assert result["test/bicubic/psnr"] == pytest.approx(expected["psnr_rgb"].mean(), abs=1e-9)
+    assert result["test/bicubic/ssim_y"] == pytest.approx(expected["ssim_y"].mean(), abs=1e-9)
 
 
 def test_compute_metrics_and_quick_eval_need_no_mlflow(eval_data, tiny_generator, tmp_path):

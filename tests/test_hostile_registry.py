@@ -112,7 +112,7 @@ def test_a_champion_with_an_invalid_tag_is_not_compared_and_reregistering_drops_
     again = register(cfg, old_uri, {"test_psnr_y": 26.0, "bicubic_psnr_y": 20.0, "data_manifest_hash": "split-a"})
     assert again.version == str(legacy.version) and again.champion  # found (no key yet), re-tagged, not duplicated
     tags = client.get_model_version(model, again.version).tags
-    assert tags["metric.test/psnr_y"] == "26.0" and tags["metric.test/bicubic_psnr_y"] == "20.0"
+    assert tags["metric.test/psnr_y"] == "26.0" and tags["metric.test/bicubic/psnr_y"] == "20.0"
     assert not {"metric.test_psnr_y", "metric.test_lpips_alex"} & set(tags) and REGISTRATION_KEY_TAG in tags
     assert "26" in tags["gate.reason"] and versions(model) == ["1", "2"]
 

@@ -86,10 +86,10 @@ def _check_artifacts(result: dict, root: Path) -> None:
     assert result["model_uri"].startswith("models:/")
 
     values = result["metrics_values"]
-    for key in ("test/psnr", "test/ssim", "test/bicubic_psnr", "test/bicubic_ssim", "test/gain_psnr"):
+    for key in ("test/psnr", "test/ssim", "test/bicubic/psnr", "test/bicubic/ssim", "test/gain_psnr"):
         assert math.isfinite(values[key]), key
     assert 0 < values["test/ssim"] <= 1
-    assert abs(values["test/gain_psnr"] - (values["test/psnr"] - values["test/bicubic_psnr"])) < 1e-3
+    assert abs(values["test/gain_psnr"] - (values["test/psnr"] - values["test/bicubic/psnr"])) < 1e-3
     full = json.loads(Path(result["metrics"]).read_text())  # metrics.json behind the Metrics artifact
     assert full["test/psnr"] == pytest.approx(values["test/psnr"])
 

@@ -49,7 +49,7 @@ def alias_version(name: str, alias: str) -> str:
 
 def scored(value: float, bicubic: float = 20.0, metric: str = "psnr_y", split: str | None = "split-a", **more) -> dict:
     """evaluate's metrics.json shape: the model's and bicubic's score on one test split."""
-    out = {f"test/{metric}": value, f"test/bicubic_{metric}": bicubic, **more}
+    out = {f"test/{metric}": value, f"test/bicubic/{metric}": bicubic, **more}
     if split:
         out["data_manifest_hash"] = split
     return out
@@ -150,15 +150,15 @@ def test_worse_than_bicubic_never_becomes_the_first_champion(sqlite):
 def test_the_margin_over_bicubic_is_strict(sqlite):
     cfg = unique_cfg(gate_min_gain=0.5)
     assert not register(cfg, log_stub_model(), scored(20.5, bicubic=20.0)).champion  # gain == margin
-    with pytest.raises(ValueError, match="test/bicubic_psnr_y=nan is not a finite number"):  # refused, not registered
-        register(cfg, log_stub_model(), scored(21.0, split=None) | {"test/bicubic_psnr_y": float("nan")})
+    with pytest.raises(ValueError, match="test/bicubic/psnr_y=nan is not a finite number"):  # refused, not registered
+        register(cfg, log_stub_model(), scored(21.0, split=None) | {"test/bicubic/psnr_y": float("nan")})
     result = register(cfg, log_stub_model(), scored(20.75, bicubic=20.0))
     assert result.champion and "> 0.5" in result.reason
 
 
 def test_no_bicubic_baseline_stays_candidate(sqlite):
     result = register(unique_cfg(), log_stub_model(), {"test/psnr_y": 30.0, "data_manifest_hash": "x"})
-    assert not result.champion and "no test/bicubic_psnr_y" in result.reason
+    assert not result.champion and "no test/bicubic/psnr_y" in result.reason
 
 
 def test_old_metric_names_in_config_and_champion_tags_still_count(sqlite):

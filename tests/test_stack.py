@@ -108,7 +108,7 @@ def test_concurrent_registrations_one_version_per_model_and_one_champion(proxied
 
     def one(uri: str):
         barrier.wait(30)
-        return register(cfg, uri, {"test/psnr_y": scores[uri], "test/bicubic_psnr_y": 20.0,
+        return register(cfg, uri, {"test/psnr_y": scores[uri], "test/bicubic/psnr_y": 20.0,
                                    "data_manifest_hash": "split-a"})
 
     with ThreadPoolExecutor(len(jobs)) as pool:

@@ -25,7 +25,7 @@ def test_hyper_parameters_are_one_short_list_of_config_fields():
 
 
 @pytest.mark.parametrize("old,new", [
-    ("test_psnr_y", "test/psnr_y"), ("bicubic_psnr_y", "test/bicubic_psnr_y"), ("gain_lpips_alex", "test/gain_lpips_alex"),
+    ("test_psnr_y", "test/psnr_y"), ("bicubic_psnr_y", "test/bicubic/psnr_y"), ("gain_lpips_alex", "test/gain_lpips_alex"),
     ("val_psnr", "val/psnr"), ("step_g_loss", "train/g_loss"), ("g_loss", "train/epoch_g_loss"),
     ("epoch_seconds", "train/epoch_seconds"), ("test/psnr_y", "test/psnr_y"),
 ])
@@ -37,8 +37,11 @@ def test_old_metric_names_migrate_and_back(old, new):
 
 def test_migrate_keeps_non_metrics_and_prefers_grouped_names():
     values = {"test_psnr_y": 20.0, "test/psnr_y": 21.0, "test_split_hash": "abc", "bicubic_ssim": {"mean": 0.5}}
-    assert N.migrate(values) == {"test/psnr_y": 21.0, "test_split_hash": "abc", "test/bicubic_ssim": {"mean": 0.5}}
-    assert (N.baseline("test_psnr_y"), N.gain("test/lpips_alex")) == ("test/bicubic_psnr_y", "test/gain_lpips_alex")
+    assert N.migrate(values) == {"test/psnr_y": 21.0, "test_split_hash": "abc", "test/bicubic/ssim": {"mean": 0.5}}
+    assert (N.baseline("test_psnr_y"), N.gain("test/lpips_alex")) == ("test/bicubic/psnr_y", "test/gain_lpips_alex")
+    # the baseline's first grouped spelling (metrics.json files, version tags) reads as its own section
+    assert N.migrate({"test/bicubic_psnr_y": 20.0}) == {"test/bicubic/psnr_y": 20.0}
+    assert N.legacy("test/bicubic_psnr_y") == "bicubic_psnr_y"
     assert Config(gate_metric="test_psnr_y", sweep_metric="val_psnr_y").gate_metric == "test/psnr_y"
     assert (Config().gate_metric, Config().sweep_metric) == ("test/psnr_y", "val/psnr_y")
     assert headline_metrics({"test_psnr_y": 24.0, "test/ssim_y": 0.7, "test/lpips_alex": float("nan")}) == {
@@ -64,7 +67,7 @@ def test_experiment_opens_on_the_runs_table_and_the_closing_line_says_where(trac
 def test_model_card_is_readable_markdown_without_runs(tracking):
     from srcore.model_card import SECTIONS as CARD, render
 
-    metrics = {"test/psnr_y": 25.0, "test/bicubic_psnr_y": 24.0, "test/gain_psnr_y": 1.0, "test/ssim_y": 0.8}
+    metrics = {"test/psnr_y": 25.0, "test/bicubic/psnr_y": 24.0, "test/gain_psnr_y": 1.0, "test/ssim_y": 0.8}
     card = render("srgan-celeba", "3", "models:/m-1", metrics, "champion", "beats bicubic", None, None,
                   "f" * 64, "abc", {"images": 8})
     assert all(section in card for section in CARD)
