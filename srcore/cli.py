@@ -90,6 +90,13 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
+        if self.prog == "srgan":  # an unknown step gets a did-you-mean, not the whole usage
+            first = next((t for t in (sys.argv[1:] if args is None else args) if not t.startswith("-")), None)
+            steps = [c for a in self._actions for c in (getattr(a, "choices", None) or {})]
+            if first is not None and steps and first not in steps:
+                close = difflib.get_close_matches(first, steps, n=2, cutoff=0.6)
+                self.exit(2, f"srgan: unknown step {first!r}" + (f"; did you mean {' or '.join(close)}?" if close else "")
+                          + f" (steps: {', '.join(steps)}; see srgan --help)\n")
         # a step's unknown flag is named (with a did-you-mean) before "required argument" errors
         if args is not None and self.prog.startswith("srgan "):
             known = {opt for a in self._actions for opt in a.option_strings}

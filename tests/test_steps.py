@@ -88,6 +88,11 @@ def test_no_prefix_abbreviations_and_a_did_you_mean(capsys):
     with pytest.raises(SystemExit):
         main(["upscale", "--modl", "m.keras", "--out", "o", "a.png"])
     assert "did you mean --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a misspelt step, too: one line, not the whole usage
+        main(["trian", "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown step 'trian'; did you mean train?" in err, err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_version_names_the_package_version_and_commit(capsys, monkeypatch):
