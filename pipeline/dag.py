@@ -393,4 +393,9 @@ def build_pipeline(image: str | None = None, cluster: bool | None = None, settin
     return dsl.pipeline(name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION)(srgan_pipeline)
 
 
-srgan_pipeline = build_pipeline()
+def __getattr__(name: str):
+    # `srgan_pipeline`, the default build, is made on first use, not at import: a bad SRGAN_*
+    # setting then reaches `python -m pipeline` as its one-line error instead of an import traceback
+    if name == "srgan_pipeline":
+        return build_pipeline()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

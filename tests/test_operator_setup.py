@@ -137,3 +137,20 @@ def test_readme_states_what_is_retried_and_the_current_auth_names():
     for code in ("pipeline/client.py", "pipeline/__main__.py"):
         assert "authservice_session" not in (REPO / code).read_text(), code
     assert "kubectl apply -k pipeline/k8s" in _section("From an empty cluster to a served model")
+
+
+def test_a_bad_cluster_setting_is_one_line_from_the_cli_not_an_import_traceback(tmp_path):
+    """The default pipeline is built on first use, so `python -m pipeline` reports a bad
+    SRGAN_* compile setting as its own one-line error (exit 2) and writes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SRGAN_S3_SECRET_KEYS": "bogus", "PYTHONPATH": str(repo)}
+    out = tmp_path / "p.yaml"
+    done = subprocess.run([sys.executable, "-m", "pipeline", "compile", "--image", "reg/srgan-celeba:abc",
+                           "--out", str(out)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "SRGAN_S3_SECRET_KEYS='bogus'" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
