@@ -46,17 +46,23 @@ def _row_cells(row: Row, labels: Sequence[str]) -> list[Image.Image]:
     return [*cells, hr_img]
 
 
+def _grid_cells(grid: str, label_kind: str, rows: Sequence[Row], labels: Sequence[str]):
+    """Every face's four cells and the common cell size; ValueError naming `grid` otherwise."""
+    if not rows:
+        raise ValueError(f"{grid} needs at least one row")
+    if len(labels) != 4:
+        raise ValueError(f"{grid} needs 4 {label_kind} labels, got {len(labels)}")
+    cells = [_row_cells(row, labels) for row in rows]
+    size = cells[0][-1].size
+    if any(c[-1].size != size for c in cells):
+        raise ValueError("all faces in one grid must have the same HR size")
+    return cells, size
+
+
 def sample_grid(rows: Sequence[Row], labels: Sequence[str] = DEFAULT_LABELS) -> Image.Image:
     """Grid image: a header with the column labels, then one row per face with its
     name in a left gutter. `rows` are (name, lr, bicubic, sr, hr) uint8 HxWx3 arrays."""
-    if not rows:
-        raise ValueError("sample_grid needs at least one row")
-    if len(labels) != 4:
-        raise ValueError(f"sample_grid needs 4 column labels, got {len(labels)}")
-    cells = [_row_cells(row, labels) for row in rows]
-    cell_w, cell_h = cells[0][-1].size
-    if any(c[-1].size != (cell_w, cell_h) for c in cells):
-        raise ValueError("all faces in one grid must have the same HR size")
+    cells, (cell_w, cell_h) = _grid_cells("sample_grid", "column", rows, labels)
 
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -90,14 +96,7 @@ def card_grid(rows: Sequence[Row], labels: Sequence[str] = DEFAULT_LABELS) -> Im
     per kind (LR | bicubic | SR | HR), the kind in a left gutter. The card draws its image
     in a square box under the run's name, so a grid wider than tall fits it whole where
     `sample_grid`'s tall one (five faces, four kinds) is cut at the bottom."""
-    if not rows:
-        raise ValueError("card_grid needs at least one row")
-    if len(labels) != 4:
-        raise ValueError(f"card_grid needs 4 row labels, got {len(labels)}")
-    cells = [_row_cells(row, labels) for row in rows]
-    cell_w, cell_h = cells[0][-1].size
-    if any(c[-1].size != (cell_w, cell_h) for c in cells):
-        raise ValueError("all faces in one grid must have the same HR size")
+    cells, (cell_w, cell_h) = _grid_cells("card_grid", "row", rows, labels)
 
     font = ImageFont.load_default()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))

@@ -45,7 +45,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import re
 import socket
 import threading
@@ -492,6 +491,11 @@ def serve_step(cfg: Any, model: str, model_name: str = "", host: str = "", port:
         raise ValueError(f"invalid input port={port!r}: expected a TCP port number") from None
     limits = ServerLimits.from_config(cfg)
     server = make_server(model, model_name or cfg.registered_model_name, host or "127.0.0.1", port_number, limits)
+    return {"url": _serve(server, model, limits)}
+
+
+def _serve(server: Any, model: str, limits: ServerLimits) -> str:
+    """Log where `server` answers, serve until interrupted, close it; its URL."""
     url = f"http://{server.server_address[0]}:{server.server_address[1]}"
     log.info("serving %s as %r on %s (POST %s/v1/models/%s:predict; limits: %s)", model, server.model_name, url,
              url, server.model_name, limits)
@@ -501,7 +505,7 @@ def serve_step(cfg: Any, model: str, model_name: str = "", host: str = "", port:
         pass
     finally:
         server.server_close()
-    return {"url": url}
+    return url
 
 
 SERVE_FLAGS = (("serve_max_pixels", int), ("serve_max_batch", int), ("serve_min_tile", int), ("serve_max_tile", int),
@@ -528,29 +532,19 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg_values = {k: v for k, v in vars(args).items() if k.startswith("serve_")}
-    for key, value in cfg_values.items():
-        if not (math.isfinite(value) and value > 0):
-            p.error(f"--{key.replace('_', '-')} must be a positive number, got {value}")
-    limits = ServerLimits.from_config(_Values(cfg_values))
+    from srcore.config import Config, ConfigError
+
+    try:  # the flags are Config fields: checked by Config's one rule (type, finite, range)
+        cfg = Config(**{k: v for k, v in vars(args).items() if k.startswith("serve_")})
+    except ConfigError as e:
+        p.error(str(e))
+    limits = ServerLimits.from_config(cfg)
     try:
         server = make_server(args.model, args.name, args.host, args.port, limits)
     except (OSError, ValueError) as e:
         p.exit(2, f"srcore.server: cannot serve {args.model}: {e}\n")
-    log.info("serving %s as %r on http://%s:%d (limits: %s)", args.model, args.name, args.host,
-             server.server_address[1], limits)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    _serve(server, args.model, limits)
     return 0
-
-
-class _Values:
-    def __init__(self, values: dict):
-        self.__dict__.update(values)
 
 
 if __name__ == "__main__":

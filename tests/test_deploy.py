@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -381,46 +382,34 @@ def test_storage_uri_comes_from_the_versions_run_and_must_be_readable_by_kserve(
         "gs://b/sm/srgan-storage-test/1"  # one folder per version
 
 
-def test_export_uploads_one_folder_per_version_to_s3(tmp_path, monkeypatch):
+def test_export_uploads_one_folder_per_version_to_s3(tmp_path, monkeypatch, s3_server):
     """deploy_storage_uri s3://: the export goes through MLflow's artifact client (boto3) to a
     real S3 protocol server on loopback (moto's server mode), one folder per version, and
     what the storage initializer would download loads as the server loads it."""
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
-
+    from conftest import s3_keys
     from srcore.export import export_step
     from srcore.models import build_generator
     from srcore.server import load_model
 
-    from conftest import free_port
-
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="models")
-        gen = tmp_path / "g.keras"
-        build_generator(4, 1, 4).save(gen)
-        cfg = _cfg(deploy_storage_uri="s3://models/serving")
-        out = export_step(cfg, str(gen), model_version="7")
-        assert out["storage_uri"] == "s3://models/serving/srgan-celeba/7"
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models")["Contents"]]
-        assert "serving/srgan-celeba/7/saved_model.pb" in keys and all(k.startswith("serving/srgan-celeba/7/")
-                                                                       for k in keys)
-        local = tmp_path / "mnt-models"  # what the storage initializer leaves in /mnt/models
-        for key in keys:
-            target = local / key.removeprefix("serving/srgan-celeba/7/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file("models", key, str(target))
-        assert load_model(str(local)).scale_factor == 4
-        assert deploy.storage_uri_for(cfg, "srgan-celeba", "7") == out["storage_uri"]  # deploy finds the same
-    finally:
-        server.stop()
+    for key, value in s3_server["env"].items():
+        monkeypatch.setenv(key, value)
+    s3, bucket = s3_server["client"], s3_server["bucket"]
+    prefix = f"deploy-{uuid.uuid4().hex[:8]}/serving"  # the session's bucket is shared: a prefix of its own
+    gen = tmp_path / "g.keras"
+    build_generator(4, 1, 4).save(gen)
+    cfg = _cfg(deploy_storage_uri=f"s3://{bucket}/{prefix}")
+    out = export_step(cfg, str(gen), model_version="7")
+    assert out["storage_uri"] == f"s3://{bucket}/{prefix}/srgan-celeba/7"
+    keys = s3_keys(s3_server, f"{prefix}/")
+    assert f"{prefix}/srgan-celeba/7/saved_model.pb" in keys and all(k.startswith(f"{prefix}/srgan-celeba/7/")
+                                                                     for k in keys)
+    local = tmp_path / "mnt-models"  # what the storage initializer leaves in /mnt/models
+    for key in keys:
+        target = local / key.removeprefix(f"{prefix}/srgan-celeba/7/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, key, str(target))
+    assert load_model(str(local)).scale_factor == 4
+    assert deploy.storage_uri_for(cfg, "srgan-celeba", "7") == out["storage_uri"]  # deploy finds the same
 
 
 @pytest.fixture

@@ -182,39 +182,25 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_escaped(tracked, tmp_path):
     assert spreadsheet_safe(-0.5) == -0.5 and spreadsheet_safe("\t=1") == "'\t=1"
 
 
-def test_export_to_object_storage_follows_the_same_rule(tiny_generator, monkeypatch):
+def test_export_to_object_storage_follows_the_same_rule(tiny_generator, monkeypatch, s3_server):
     """deploy_storage_uri s3://, against a real S3 protocol server on loopback (moto): a
     version folder holding someone else's objects is refused and left as it was; an empty
     one is written with export's marker, and export may write it again."""
-    moto_server = pytest.importorskip("moto.server")
-    import boto3
-    from conftest import free_port
-
+    from conftest import s3_keys
     from srcore.export import export_step
 
-    port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        # moto keeps one in-memory S3 per process: a bucket of its own, not another test's
-        bucket = f"models-{uuid.uuid4().hex[:8]}"
-        s3.create_bucket(Bucket=bucket)
-        s3.put_object(Bucket=bucket, Key="serving/m/1/important.txt", Body=b"precious")
-        cfg = Config(deploy_storage_uri=f"s3://{bucket}/serving")
-        with pytest.raises(OutputDirError, match=rf"s3://{bucket}/serving/m/1 .*important.txt"):
-            export_step(cfg, str(tiny_generator), model_name="m", model_version="1")
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
-        assert keys == ["serving/m/1/important.txt"]
-        assert s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read() == b"precious"
+    for key, value in s3_server["env"].items():
+        monkeypatch.setenv(key, value)
+    s3, bucket = s3_server["client"], s3_server["bucket"]
+    root = f"owned-{uuid.uuid4().hex[:8]}/serving"  # the session's bucket is shared: a prefix of its own
+    s3.put_object(Bucket=bucket, Key=f"{root}/m/1/important.txt", Body=b"precious")
+    cfg = Config(deploy_storage_uri=f"s3://{bucket}/{root}")
+    with pytest.raises(OutputDirError, match=rf"s3://{bucket}/{root}/m/1 .*important.txt"):
+        export_step(cfg, str(tiny_generator), model_name="m", model_version="1")
+    assert s3_keys(s3_server, f"{root}/") == [f"{root}/m/1/important.txt"]
+    assert s3.get_object(Bucket=bucket, Key=f"{root}/m/1/important.txt")["Body"].read() == b"precious"
 
-        export_step(cfg, str(tiny_generator), model_name="m", model_version="2")
-        export_step(cfg, str(tiny_generator), model_name="m", model_version="2")  # its own: again
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="serving/m/2/")["Contents"]}
-        assert {"serving/m/2/saved_model.pb", f"serving/m/2/{MARKER}"} <= keys
-    finally:
-        server.stop()
+    export_step(cfg, str(tiny_generator), model_name="m", model_version="2")
+    export_step(cfg, str(tiny_generator), model_name="m", model_version="2")  # its own: again
+    keys = set(s3_keys(s3_server, f"{root}/m/2/"))
+    assert {f"{root}/m/2/saved_model.pb", f"{root}/m/2/{MARKER}"} <= keys
