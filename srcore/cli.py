@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     if extras:
         subparser(parser, args.command).unknown(extras)
     tracking.configure_logging(args.log_level)
+    # MLflow draws a progress bar for every small artifact it downloads (model loads, registry):
+    # noise among the step's log lines; a user who wants them sets the variable to true
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command in TF_STEPS:
         quiet_tensorflow_import()
     try:

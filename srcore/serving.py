@@ -178,7 +178,10 @@ class SRUpscaler(mlflow.pyfunc.PythonModel):
             self.limits = ServingLimits.from_dict(json.loads(Path(context.artifacts[LIMITS_ARTIFACT]).read_text()))
         self.generator = load_generator(context.artifacts[GENERATOR_ARTIFACT])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    # np.ndarray is a hint MLflow infers no schema from, so it adds no pydantic check of its own
+    # (which would take true and "7" as pixels) and no warning asking for hints: every pixel is
+    # checked here (uint8_pixels). DataFrames and lists are accepted too.
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None):
         from srcore.upscale import UpscaleTimeout, check_image_array, upscale_array
 
         params = params or {}
