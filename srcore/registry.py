@@ -383,8 +383,20 @@ def _json_type(value: Any) -> str:
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist (expected evaluate's metrics.json)")
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
+        # json keeps the last of duplicate keys silently: a second value could hide the measured one
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ValueError(f"metrics file {path}: key {key!r} appears more than once; keep one value")
+            seen[key] = value
+        return seen
+
     try:
-        return json.loads(path.read_text())
+        # an integer too long for a float is +-inf (refused by check_metric, naming its key)
+        # rather than an OverflowError or Python's digit-limit error that names no file
+        return json.loads(path.read_text(), object_pairs_hook=unique,
+                          parse_int=lambda s: int(s) if len(s) <= 300 else float(s))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"metrics file {path} is not valid JSON: {e}") from e
     except RecursionError:
@@ -397,7 +409,10 @@ def _as_number(raw: Any) -> float | None:
     # numbers only: float() would also accept strings such as a hash "12e45..." or "nan"
     if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
         return None
-    return float(raw)
+    try:
+        return float(raw)
+    except OverflowError:  # an int over ~1e308 from a mapping: not finite, so check_metric refuses it
+        return math.inf if raw > 0 else -math.inf
 
 
 def _gate_value(evaluation: Evaluation, cfg: Config) -> float:

@@ -142,3 +142,18 @@ def test_concurrent_registrations_of_one_uri_make_one_version_for_any_name(serve
         assert str(MlflowClient().get_model_version_by_alias(model, "champion").version) == version
         assert register(cfg, uri, GOOD | {"data_manifest_hash": "split-a"}).version == version  # sequential too
         assert versions(model) == [version]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"test_psnr_y": 1%s, "bicubic_psnr_y": 20}' % ("0" * 400), "test_psnr_y=inf is not a finite number"),
+    ('{"test_psnr_y": -1%s, "bicubic_psnr_y": 20}' % ("0" * 5000), "test_psnr_y=-inf is not a finite number"),
+    ('{"test_psnr_y": 25, "bicubic_psnr_y": 20, "test_psnr_y": 99}', "key 'test_psnr_y' appears more than once"),
+])
+def test_huge_integers_and_duplicate_keys_are_refused_naming_file_and_key(text, message, tmp_path):
+    from srcore.registry import _as_number, read_evaluation
+    path = tmp_path / "metrics.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as err:
+        read_evaluation(path)
+    assert str(path) in str(err.value)
+    assert _as_number(10 ** 400) == float("inf") and _as_number(-(10 ** 400)) == float("-inf")
