@@ -38,6 +38,9 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argpa
     return field(default=default, metadata={"help": help, **kw})
 
 
+MAX_INT = 2**53
+
+
 @dataclass
 class Config:
     # ---- data source and ingest -------------------------------------------------
@@ -153,7 +156,9 @@ class Config:
     def validate(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
-                raise ConfigError(f"invalid parameter {name}={getattr(self, name)!r}: {what}")
+                shown = repr(getattr(self, name))
+                shown = shown if len(shown) <= 80 else shown[:77] + "..."
+                raise ConfigError(f"invalid parameter {name}={shown}: {what}")
 
         hints = field_types()
         for f in fields(self):  # one rule for every field: its type, finiteness, range and choices
@@ -164,6 +169,9 @@ class Config:
                 need(isinstance(value, (int, float)) and not isinstance(value, bool)
                      and (t is float or isinstance(value, int)), f.name, f"must be {'an integer' if t is int else 'a number'}")
                 need(math.isfinite(value), f.name, "must be a finite number")
+                # no count, size or seed needs more; beyond it a float (JSON, MLflow params, 1e308
+                # from YAML) no longer holds the integer exactly, and downstream code overflows
+                need(t is float or abs(value) <= MAX_INT, f.name, f"must be an integer of at most {MAX_INT} (2**53)")
                 need(in_range(f, value), f.name, f"must be {range_text(f)}")
             else:
                 need(isinstance(value, str), f.name, "must be a string")
@@ -331,7 +339,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     (and the key). Bounded cost: size cap, no aliases (no billion laughs), shallow nesting."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist: pass --config with a YAML file (see configs/)")
+        what = "is not a regular file (a folder, device or pipe)" if p.exists() else "does not exist"
+        raise ConfigError(f"config file {p} {what}: pass --config with a YAML file (see configs/)")
     with p.open("rb") as f:
         raw = f.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:

@@ -87,6 +87,8 @@ HOSTILE_YAML = [
     ("deep nesting", b"run_name: " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested"),
     ("too big", b"# " + b"x" * (2 << 20) + b"\n", "larger than"),
     ("out of range", b"batch_size: 0\n", "batch_size"),
+    ("int 1e308", b"epochs: 1e308\n", "epochs=1000000"),  # an integer of 309 digits, shown cut short
+    ("int over 2**53", b"val_count: 99999999999999999999999\n", "val_count"),
 ]
 
 
@@ -128,3 +130,15 @@ def test_typed_fields_refuse_the_wrong_type():
         with pytest.raises(ConfigError, match=name):
             Config(**{name: value})
     assert build_config(overrides={"limit": "1e3"}).limit == 1000  # 1e3 from a shell is fine
+
+
+def test_a_config_path_that_is_not_a_regular_file_says_so(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it would block forever
+    for path in (tmp_path, fifo):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            build_config(None, path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(None, tmp_path / "absent.yaml")
