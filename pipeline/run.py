@@ -52,6 +52,7 @@ def compile_pipeline(out: str | os.PathLike, image: str | None = None, cluster: 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_pipeline(image=image, cluster=cluster), str(out))
+    support.legacy_package(out)  # readable by KFP 2.2-2.4 backends too (pipeline/support.py)
     log.info("compiled %s (image %s)", out, image)
     return out
 
@@ -85,7 +86,9 @@ def check_server(client, pipeline: str, host: str, package: Path | None = None) 
 
     features = None
     if package is not None:
-        features = support.ir_features(next(yaml.safe_load_all(Path(package).read_text())))
+        docs = list(yaml.safe_load_all(Path(package).read_text()))
+        # a package compiled elsewhere may carry platform-spec fields KFP < 2.5 refuses
+        features = support.ir_features(docs[0]) | (support.legacy_platform_spec(docs[1])[1] if len(docs) > 1 else set())
     tag = kfp_client.server_tag(client)
     version = support.check_backend(pipeline, tag, host, features)
     if version:

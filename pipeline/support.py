@@ -28,6 +28,14 @@ the files named):
 - A ParallelFor body passing an artifact from one task to the next (start_trial ->
   train -> evaluate): "cannot resolve the upstream artifact output" (#11520) until
   #11627, CHANGELOG 2.5.0. This is what forces the sweep's 2.5.0.
+- The platform spec (the IR's second YAML document, kfp-kubernetes): kfp-kubernetes 2.x
+  writes `secretNameParameter` / `pvcNameParameter` beside the deprecated `secretName` /
+  `componentInputParameter` (#11621, #11770, CHANGELOG 2.5.0), and backends before 2.5.0
+  unmarshal that spec strictly: a field they do not know fails the task's driver (#11662,
+  "ignore unknown fields for pb json unmarshaling", CHANGELOG 2.5.0). `legacy_platform_spec`
+  drops the new twin where it says what the old field says (every compiled package,
+  pipeline.run.compile_pipeline / pipeline.sweep.compile_sweep); one that says more is
+  the hard feature `platform_parameters`.
 - Exit handlers (`dsl.ExitHandler`) and `ignore_upstream_failure()` compile to the same
   trigger policy ALL_UPSTREAM_TASKS_COMPLETED, which the Argo compiler turns into
   "runs whatever the upstream state" (argocompiler/dag.go, depends_exit_handler).
@@ -40,7 +48,9 @@ Kubeflow releases ship: 1.9 -> KFP 2.2/2.3, 1.10 -> 2.4/2.5 (kubeflow/manifests)
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -69,6 +79,9 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("loop_artifact_passing", (2, 5, 0), True,
             "cannot resolve an artifact passed between tasks of one ParallelFor iteration",
             "#11520, fixed by #11627 (CHANGELOG 2.5.0)"),
+    Feature("platform_parameters", (2, 5, 0), True,
+            "fails the task's driver on a platform-spec field it does not know (secretNameParameter, ...)",
+            "#11662 (CHANGELOG 2.5.0); the fields: #11621, #11770"),
     Feature("job_placeholders", (2, 5, 0), False,
             "passes {{$.pipeline_job_uuid}} etc. through literally (run_key, which submit sets, covers it)",
             "#11599 (CHANGELOG 2.5.0)"),
@@ -160,6 +173,64 @@ def required_version(features: Iterable[str]) -> tuple[Version, tuple[str, ...]]
     hard = [FEATURES[f] for f in features if FEATURES[f].hard]
     top = max([FLOOR, *(f.since for f in hard)])
     return top, tuple(sorted(f.name for f in hard if f.since == top and top > FLOOR))
+
+
+# ---- the platform spec on old backends -------------------------------------------------
+
+# kfp-kubernetes 2.x's parameterised twin -> the deprecated field(s) an old backend reads
+_TWINS = {"secretNameParameter": ("secretName",),
+          "pvcNameParameter": ("componentInputParameter", "taskOutputParameter", "constant")}
+
+
+def _same(new: Any, old_key: str, old: Any) -> bool:
+    """The twin says what the old field says: {"runtimeValue": {"constant": old}} for a
+    name, {old_key: old} for a reference (a pipeline input, a task output)."""
+    return new in ({"runtimeValue": {"constant": old}}, {old_key: old})
+
+
+def legacy_platform_spec(platform: Any) -> tuple[Any, set[str]]:
+    """(`platform` without the fields backends before 2.5 refuse where an older field says
+    the same, the FEATURES still left: {"platform_parameters"} when a twin says more)."""
+    left: set[str] = set()
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key in _TWINS:
+                olds = [(k, node[k]) for k in _TWINS[key] if k in node]
+                if olds and all(_same(value, k, v) for k, v in olds):
+                    continue
+                left.add("platform_parameters")
+            if key == "optional" and value is False:
+                continue  # the proto's default: nothing lost, and nothing an old backend might not know
+            out[key] = walk(value)
+        return out
+
+    return walk(platform), left
+
+
+def legacy_package(path: str | os.PathLike) -> set[str]:
+    """Rewrite a compiled package so that backends before 2.5 can read its platform spec
+    (`legacy_platform_spec`); returns the platform FEATURES it still uses."""
+    import yaml
+    from pathlib import Path
+
+    from srcore.atomic import write_text_atomic
+
+    text = Path(path).read_text()
+    docs = list(yaml.safe_load_all(text))
+    if len(docs) < 2 or not docs[1]:
+        return set()
+    platform, left = legacy_platform_spec(docs[1])
+    if platform != docs[1]:
+        # the compiler's comment header (name, inputs) stays
+        header = "".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines(keepends=True)))
+        write_text_atomic(path, header + yaml.safe_dump_all([docs[0], platform], sort_keys=False))
+    return left
 
 
 # ---- IR type check ---------------------------------------------------------------------

@@ -34,6 +34,7 @@ import components
 from components.pick_best import pick_best
 from components.start_trial import start_trial
 from pipeline.dag import ClusterSettings, _resources, apply_platform, local_volume_root, on_cpu_image, running_locally
+from pipeline.support import legacy_package
 
 SWEEP_PIPELINE_NAME = "srgan-celeba-sweep"
 SWEEP_DESCRIPTION = ("SRGAN x4 hyper-parameter sweep: ingest once, train + evaluate each trial in parallel, "
@@ -170,4 +171,5 @@ def compile_sweep(out: str | os.PathLike, image: str | None = None, cluster: boo
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(build_sweep_pipeline(image=image, cluster=cluster, parallelism=parallelism), str(out))
+    legacy_package(out)  # no platform-spec field an old backend refuses (pipeline/support.py)
     return out

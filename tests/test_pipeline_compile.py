@@ -499,3 +499,56 @@ def test_ir_features_detect_final_status_and_collected(tmp_path):
     features = ir_features(next(yaml.safe_load_all(out.read_text())))
     assert {"task_final_status", "collected", "exit_handler"} <= features
     assert required_version(features) == ((2, 14, 0), ("collected", "task_final_status"))
+
+
+def _platform_keys(node, found=None) -> set:
+    found = set() if found is None else found
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found.add(k if k != "optional" else f"optional={v}")
+            _platform_keys(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            _platform_keys(v, found)
+    return found
+
+
+def test_compiled_packages_have_no_platform_field_kfp_before_2_5_refuses(tmp_path, monkeypatch):
+    """kfp-kubernetes 2.x writes secretNameParameter / pvcNameParameter beside the old
+    secretName / componentInputParameter; KFP 2.2-2.4 drivers unmarshal the platform spec
+    strictly and fail every such task (#11662). What compile/submit/upload write keeps only
+    the old fields, with the same meaning."""
+    from pipeline.run import check_server, compile_pipeline
+    from pipeline.support import BackendTooOld, legacy_platform_spec
+    from pipeline.sweep import compile_sweep
+
+    for k, v in (("SRGAN_CREATE_PVC", "true"), ("SRGAN_S3_SECRET", "mlflow-s3"), ("SRGAN_IMAGE_PULL_SECRET", "regcred"),
+                 ("SRGAN_GPU_NODE_SELECTOR", "a=b")):
+        monkeypatch.setenv(k, v)
+    for name, fn in (("main", compile_pipeline), ("sweep", compile_sweep)):
+        text = fn(tmp_path / f"{name}.yaml", image="registry.example/srgan:abc").read_text()
+        assert text.startswith("# PIPELINE DEFINITION"), name  # the compiler's header stays
+        spec, platform = list(yaml.safe_load_all(text))
+        keys = _platform_keys(platform)
+        assert not {"secretNameParameter", "pvcNameParameter", "optional=False"} & keys, (name, keys)
+        assert {"secretName", "componentInputParameter", "secretAsEnv", "pvcMount", "imagePullSecret"} <= keys, name
+        assert spec["pipelineInfo"]["name"].startswith("srgan-celeba")
+        secrets = {s["secretName"] for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+                   for s in ex.get("secretAsEnv", [])}
+        assert secrets == {"mlflow-credentials", "mlflow-s3"}, name
+    # a twin that says more than the old field (a Secret name from a parameter) needs 2.5
+    plat = {"secretAsEnv": [{"secretName": "", "secretNameParameter": {"componentInputParameter": "s"}}]}
+    assert legacy_platform_spec(plat)[1] == {"platform_parameters"}
+
+    class Healthz:  # what kfp.Client's healthz API answers a 2.3.0 server with (raw body, see server_tag)
+        def healthz_service_get_healthz(self, _preload_content=False):
+            return type("R", (), {"data": b'{"tag_name": "2.3.0"}'})()
+
+    class Client:  # a package compiled elsewhere is judged by its platform spec too
+        _healthz_api = Healthz()
+
+    pkg = tmp_path / "other.yaml"
+    pkg.write_text(yaml.safe_dump_all([spec, {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {
+        "exec-x": plat}}}}}]))
+    with pytest.raises(BackendTooOld, match=r"needs KFP backend 2\.5\.0 or later.*2\.3\.0"):
+        check_server(Client(), "main", "http://h", pkg)
