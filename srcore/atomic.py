@@ -40,6 +40,7 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -106,8 +107,13 @@ def spreadsheet_safe(value: object) -> object:
 
 def read_marker(folder: Path) -> dict | None:
     """The folder's marker, or None when it has none (or an unreadable one)."""
+    path = folder / MARKER
     try:
-        marker = json.loads((folder / MARKER).read_text())
+        # a symlink (or a folder, FIFO) in the marker's place is not srgan's marker: a link can
+        # lend a foreign folder another output's marker, and a FIFO would block the read
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        marker = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None

@@ -104,6 +104,16 @@ def test_a_users_folder_a_forged_marker_and_a_file_are_refused_and_left_alone(ki
     (forged / "saved_model.pb").write_bytes(b"not ours to replace")
     assert_refused(write, forged, tmp_path, f"a {other_kind(kind)} output")
 
+    # a marker of the right kind lent by a symbolic link (or a folder in its place) is no marker
+    real = tmp_path / "real-marker.json"
+    real.write_text(json.dumps({"format": 1, "kind": kind, "written_by": "srgan", "files": ["saved_model.pb"]}))
+    for name, make in (("linked", lambda m: m.symlink_to(real)), ("dir", lambda m: m.mkdir())):
+        lent = tmp_path / name / "m" / "1"
+        lent.mkdir(parents=True)
+        make(lent / MARKER)
+        (lent / "saved_model.pb").write_bytes(b"not ours to replace")
+        assert_refused(write, lent, tmp_path, "saved_model.pb")
+
     in_place = tmp_path / "file" / "m" / "1"
     in_place.parent.mkdir(parents=True)
     in_place.write_text("a file where the folder would go")
