@@ -536,6 +536,12 @@ def test_compiled_packages_have_no_platform_field_kfp_before_2_5_refuses(tmp_pat
         secrets = {s["secretName"] for ex in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
                    for s in ex.get("secretAsEnv", [])}
         assert secrets == {"mlflow-credentials", "mlflow-s3"}, name
+    # an optional Secret: a field old drivers do not know, reported (and warned about)
+    monkeypatch.setenv("SRGAN_MLFLOW_SECRET_OPTIONAL", "true")
+    from pipeline.support import legacy_package
+
+    assert legacy_package(compile_pipeline(tmp_path / "opt.yaml", image="registry.example/srgan:abc")) == \
+        {"platform_parameters"}
     # a twin that says more than the old field (a Secret name from a parameter) needs 2.5
     plat = {"secretAsEnv": [{"secretName": "", "secretNameParameter": {"componentInputParameter": "s"}}]}
     assert legacy_platform_spec(plat)[1] == {"platform_parameters"}
