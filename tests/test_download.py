@@ -41,6 +41,7 @@ class FileServer(http.server.ThreadingHTTPServer):
         self.cut_first = False
         self.cut_every: int | None = None  # every response sends at most this many bytes, then drops
         self.ignore_range = False
+        self.away = ""
         self.requests: list[dict] = []
 
     @property
@@ -59,6 +60,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "/loop.zip" in self.path:  # redirects to itself forever
             self.send_response(302)
             self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if "/away.zip" in self.path:  # redirects to server.away (another host, its own secrets)
+            self.send_response(302)
+            self.send_header("Location", server.away)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -390,3 +397,19 @@ def test_a_re_signed_url_of_the_same_file_resumes_its_partial_download(server: F
     assert [r["range"] for r in server.requests] == ["bytes=1000-"]
     # without a sha256 the query may name another file: separate cache entries
     assert cache_path(first, tmp_path) != cache_path(again, tmp_path)
+
+
+@pytest.mark.parametrize("scheme", ["http", "ftp"])
+def test_secrets_of_a_redirect_location_are_recorded_nowhere(scheme, server: FileServer, tmp_path: Path, caplog):
+    """The Location's own userinfo and signature (not the source URL's) reach requests'
+    and urllib3's messages: a refused connection there, an unsupported scheme."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    server.away = f"{scheme}://bob:hunter2@127.0.0.1:{port}/f.zip?X-Amz-Signature=SECRETSIG&access_token=tok3nvalue"
+    url = server.url.replace("img_align_celeba.zip", "away.zip")
+    with within(30), caplog.at_level(logging.DEBUG), pytest.raises(DownloadError) as caught:
+        download(url, tmp_path, retries=1, deadline_s=10)
+    assert_no_secret(str(caught.value), "the error")
+    assert_no_secret(caplog.text, "the log")
+    assert "127.0.0.1" in str(caught.value) + caplog.text  # what went wrong is still shown

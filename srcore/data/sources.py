@@ -355,7 +355,25 @@ def scrub_secrets(text: str, url: str) -> str:
     # values under 3 characters (`dl=1`) are no secret and would mangle ordinary words
     for secret in sorted((v for v in variants if len(v) >= 3), key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    return text
+    return scrub_any_url(text)
+
+
+#: an absolute URL inside a message (up to a blank, a quote or a closing bracket)
+_URL_IN_TEXT = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>()\[\]]+""")
+#: a query string inside a message, with or without its URL (urllib3: "with url: /f.zip?sig=...")
+_QUERY_IN_TEXT = re.compile(r"""\?([^\s'"<>()\[\]]+)""")
+
+
+def scrub_any_url(text: str) -> str:
+    """`text` with every URL in it redacted (redact_url) and every query value blanked, not
+    only the secrets of a URL the caller knows: a redirect's Location (another host, its own
+    userinfo and signature) reaches the messages of requests and urllib3 too."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return _QUERY_IN_TEXT.sub(
+        lambda m: "?" + "&".join(
+            f"{piece.split('=', 1)[0]}={REDACTED}" if "=" in piece else piece
+            for piece in re.split(r"[&;]", m.group(1))),
+        text)
 
 
 # ---- source kinds -------------------------------------------------------------------
