@@ -23,6 +23,7 @@ failure, its DAG failFast; the ones running finish.) The minimum backend is 2.5
 (pipeline/support.py).
 """
 
+import logging
 import os
 from pathlib import Path
 from typing import List
@@ -35,6 +36,8 @@ from components.pick_best import pick_best
 from components.start_trial import start_trial
 from pipeline.dag import ClusterSettings, _resources, apply_platform, local_volume_root, on_cpu_image, running_locally
 from pipeline.support import legacy_package
+
+log = logging.getLogger(__name__)
 
 SWEEP_PIPELINE_NAME = "srgan-celeba-sweep"
 SWEEP_DESCRIPTION = ("SRGAN x4 hyper-parameter sweep: ingest once, train + evaluate each trial in parallel, "
@@ -58,6 +61,10 @@ def build_sweep_pipeline(image: str | None = None, cluster: bool | None = None,
     parallelism = parallelism or default_parallelism()
     if parallelism < 1:
         raise ValueError(f"sweep parallelism must be >= 1, got {parallelism}")
+    if cluster and s.create_pvc:
+        # parallel trials need one RWX claim that ingest filled: a claim per run is the main pipeline's
+        log.warning("SRGAN_CREATE_PVC=true is for the main pipeline only: the sweep mounts the existing claim "
+                    "pvc_name (default %s, ReadWriteMany: kubectl apply -k pipeline/k8s/sweep)", s.pvc_name)
     glue = {"start_trial": start_trial, "pick_best": pick_best}
     if image:
         glue = {k: components.with_image(c, image) for k, c in glue.items()}

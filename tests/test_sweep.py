@@ -300,3 +300,16 @@ def test_kfp_local_two_trial_sweep(tmp_path):
     train_run = next(r for r in runs if r.data.tags.get("srgan.step") == "train"
                      and r.data.tags.get("mlflow.parentRunId") == best.info.run_id)
     assert versions[0].run_id == train_run.info.run_id
+
+
+def test_sweep_warns_that_create_pvc_is_the_main_pipelines_only(caplog):
+    """SRGAN_CREATE_PVC=true changes nothing in the sweep (it mounts the existing RWX claim):
+    the compile says so instead of silently leaving the operator without a claim."""
+    import logging
+
+    from pipeline.dag import ClusterSettings
+    from pipeline.sweep import build_sweep_pipeline
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.sweep"):
+        build_sweep_pipeline(image="example.org/srgan:abc", cluster=True, settings=ClusterSettings(create_pvc=True))
+    assert any("SRGAN_CREATE_PVC=true is for the main pipeline only" in r.getMessage() for r in caplog.records)
