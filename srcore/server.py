@@ -154,6 +154,10 @@ def parse_json(body: bytes) -> Any:
         raise HttpError(400, f"the body is not JSON: {e}") from None
 
 
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
 def as_image(value: Any, what: str, max_pixels: int) -> np.ndarray:
     """One request image -> uint8 HxWx3; a 400 for anything that is not 0..255 integers."""
     if isinstance(value, dict):
@@ -376,16 +380,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def _read_body(self, deadline: float) -> bytes:
         cap = self.server.limits.max_body_bytes
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+        # framing read strictly (RFC 9112 6.3): a proxy in front that frames the body another
+        # way (both headers, two lengths, "+5", "1_0", a negative chunk size) is refused, never guessed
+        lengths = set(self.headers.get_all("Content-Length") or [])
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        if chunked and lengths:
+            raise HttpError(400, "the request has both Transfer-Encoding and Content-Length; send one")
+        if chunked:
             return self._read_chunked(cap, deadline)
-        length = self.headers.get("Content-Length")
-        if length is None:
+        if not lengths:
             raise HttpError(411, "a request body needs Content-Length (or chunked transfer encoding)")
-        try:
-            n = int(length)
-        except ValueError:
-            raise HttpError(400, f"Content-Length {length!r} is not a number") from None
-        if n < 0 or n > cap:
+        length = lengths.pop().strip()
+        if lengths or not _DIGITS.fullmatch(length):
+            raise HttpError(400, "Content-Length must be one number of digits (0-9), given once")
+        n = int(length)
+        if n > cap:
             raise HttpError(413, f"the body is {n} bytes, more than the limit max_body_bytes={cap}")
         return self._read_exact(n, deadline)
 
@@ -403,10 +412,10 @@ class Handler(BaseHTTPRequestHandler):
         parts, total = [], 0
         while True:
             line = self._recv(lambda: self.rfile.readline(1024), deadline)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HttpError(400, "malformed chunked body") from None
+            digits = line.split(b";", 1)[0].strip()
+            if not _HEX_DIGITS.fullmatch(digits):  # int(x, 16) takes "-10" and "0x10": no cap holds then
+                raise HttpError(400, "malformed chunked body (a chunk size is hexadecimal digits)")
+            size = int(digits, 16)
             if size == 0:
                 while self._recv(lambda: self.rfile.readline(1024), deadline) not in (b"\r\n", b"\n", b""):
                     pass  # trailers

@@ -181,6 +181,25 @@ def test_a_chunked_stream_over_the_cap_is_cut(server):
     assert status == 413 and "cut" in body
 
 
+@pytest.mark.parametrize(("framing", "named"), [
+    ("Transfer-Encoding: chunked\r\n\r\n-10\r\n", "chunk size"),  # int("-10", 16): the cap went negative
+    ("Transfer-Encoding: chunked\r\n\r\n0x10\r\n", "chunk size"),
+    ("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n10\r\n", "both"),
+    ("Content-Length: 10\r\nContent-Length: 3\r\n\r\n", "given once"),
+    ("Content-Length: 1_0\r\n\r\n", "digits"),
+    ("Content-Length: +10\r\n\r\n", "digits"),
+    ("Content-Length: -5\r\n\r\n", "digits"),
+])
+def test_body_framing_is_read_strictly(server, framing, named):
+    """A body framed in a way a proxy in front could read otherwise is a 400 before it is read;
+    a negative chunk size let an endless body past max_body_bytes."""
+    _, port = server
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\n{framing}".encode() + b"[" * 64)
+    status, body = read_status(sock)
+    assert status == 400 and named in body, body
+
+
 @pytest.mark.parametrize(("pixels", "named"), [
     (np.full((8, 8, 3), 0.99).tolist(), "floats"),
     (np.full((8, 8, 3), -1).tolist(), "0..255"),
