@@ -23,8 +23,10 @@ the files named):
 - `retryPolicy` (`set_retry`): not translated into an Argo retryStrategy before
   #11673 (CHANGELOG 2.5.0; reported on 2.2.0 in #9950): older backends drop it
   silently. A degradation, not a refusal: the run works, without retries.
-- `iteratorPolicy.parallelismLimit` (ParallelFor parallelism): #10798, CHANGELOG 2.4.0;
-  older backends run every iteration at once.
+- `iteratorPolicy.parallelismLimit` (ParallelFor parallelism): #10798; older backends run
+  every iteration at once. The backend CHANGELOG has no 2.4.0 section: #10798 is listed in
+  the 2.5.0 section (compared against 2.3.0), so it is taken as 2.5.0 (a 2.4 server may get
+  one warning too many, never one too few).
 - A ParallelFor body passing an artifact from one task to the next (start_trial ->
   train -> evaluate): "cannot resolve the upstream artifact output" (#11520) until
   #11627, CHANGELOG 2.5.0. This is what forces the sweep's 2.5.0.
@@ -39,8 +41,9 @@ the files named):
 - Exit handlers (`dsl.ExitHandler`) and `ignore_upstream_failure()` compile to the same
   trigger policy ALL_UPSTREAM_TASKS_COMPLETED, which the Argo compiler turns into
   "runs whatever the upstream state" (argocompiler/dag.go, depends_exit_handler).
-  Before 2.4.0 a run whose exit task succeeds reports Succeeded even when a step failed
-  (#11405, fixed by the exit lifecycle hook #11470, CHANGELOG 2.4.0): `finish` therefore
+  Before 2.5.0 (#11470 is listed in CHANGELOG 2.5.0, against 2.3.0; as above, taken as
+  2.5.0) a run whose exit task succeeds reports Succeeded even when a step failed
+  (#11405, fixed by the exit lifecycle hook #11470): `finish` therefore
   fails itself when a step failed, so the run is FAILED on every version.
 
 Kubeflow releases ship: 1.9 -> KFP 2.2/2.3, 1.10 -> 2.4/2.5 (kubeflow/manifests).
@@ -87,11 +90,11 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "#11599 (CHANGELOG 2.5.0)"),
     Feature("retry_policy", (2, 5, 0), False, "drops set_retry silently (no Argo retryStrategy)",
             "#9950, fixed by #11673 (CHANGELOG 2.5.0)"),
-    Feature("parallelism_limit", (2, 4, 0), False, "ignores ParallelFor parallelism (all iterations at once)",
-            "#10798 (CHANGELOG 2.4.0)"),
-    Feature("exit_handler", (2, 4, 0), False,
+    Feature("parallelism_limit", (2, 5, 0), False, "ignores ParallelFor parallelism (all iterations at once)",
+            "#10798 (CHANGELOG 2.5.0 section, against 2.3.0; no 2.4.0 section)"),
+    Feature("exit_handler", (2, 5, 0), False,
             "reports a run Succeeded when its exit task succeeds (finish fails itself on a failed step)",
-            "#11405, fixed by #11470 (CHANGELOG 2.4.0)"),
+            "#11405, fixed by #11470 (CHANGELOG 2.5.0 section, against 2.3.0; no 2.4.0 section)"),
 )}
 
 

@@ -262,7 +262,8 @@ def test_volume_retry_gpu_and_exit_handler_in_compiled_ir(tmp_path):
     for step in ("ingest", "train", "evaluate"):
         (mount,) = executors[f"exec-{step}"]["pvcMount"]
         assert mount["mountPath"] == "/mnt/srgan"
-        assert mount["pvcNameParameter"]["componentInputParameter"] == "pipelinechannel--pvc_name"
+        # the field every supported backend reads (pvcNameParameter fails drivers before 2.5)
+        assert mount == {"componentInputParameter": "pipelinechannel--pvc_name", "mountPath": "/mnt/srgan"}
     assert "pvcMount" not in executors["exec-register"]  # reads nothing from the volume
     assert int(executors["exec-train"]["activeDeadlineSeconds"]) > 0  # timeout
     tasks = _tasks(spec)
