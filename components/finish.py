@@ -8,7 +8,7 @@ def finish(mlflow_tracking_uri: str = "", pipeline_run_id: str = "", run_key: st
     """End this run's MLflow parent run FAILED or FINISHED as the steps' own MLflow runs
     say (srcore.kfp_glue.finish): no PipelineTaskFinalStatus, which KFP backends before
     2.14 refuse. Fails itself when a step failed, so that the KFP run is FAILED also on
-    backends before 2.4, which report a run by its exit task (pipeline/support.py)."""
+    backends before 2.5, which report a run by its exit task (pipeline/support.py)."""
     from srcore import kfp_glue
 
     ended = kfp_glue.finish(mlflow_tracking_uri, pipeline_run_id, run_key, final_step)
