@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import keras
@@ -52,6 +53,20 @@ OUTPUT_KIND = "train"  # srcore.atomic marker kind of a model_dir
 ARCH_FILE = "architecture.json"  # the fields that shape the checkpointed variables, written at start
 ARCH_FIELDS = ("gen_filters", "gen_blocks", "gen_bicubic_skip", "scale", "disc_filters", "disc_flatten")
 
+
+
+@contextmanager
+def grappler_without_remapper():
+    """TensorFlow's graph remapper fails on the GAN step (Conv2D+BiasAdd+LeakyReLU fusion whose
+    BiasAdd the gradient also reads) and prints one native `E... remapper failed` line per run;
+    grappler then drops the remapper's work for that graph anyway, so turning it off while the
+    GAN step runs costs nothing and keeps the console clean. The previous options are restored."""
+    before = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({**before, "remapping": False})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({**before, "remapping": before.get("remapping", True)})
 
 class ArchitectureMismatchError(ConfigError):
     """The model folder holds checkpoints of another architecture (one line, no TF restore error)."""
@@ -332,14 +347,15 @@ class Trainer:
             if last > log_from_step:
                 mlflow.log_metrics({f"train/{k}": v for k, v in means.items()}, step=last)
 
-        for lr, hr in self.dataset():
-            step_fn(lr, hr)
-            n += 1
-            pending += 1
-            bar.update(1)
-            if (first_step + n) % self.cfg.log_every_steps == 0:
-                flush()
-                pending = 0
+        with grappler_without_remapper() if phase == "gan" else nullcontext():
+            for lr, hr in self.dataset():
+                step_fn(lr, hr)
+                n += 1
+                pending += 1
+                bar.update(1)
+                if (first_step + n) % self.cfg.log_every_steps == 0:
+                    flush()
+                    pending = 0
         if pending:
             flush()
         bar.close()

@@ -287,3 +287,25 @@ def test_model_dir_of_another_architecture_is_refused_in_one_line(tmp_path, smok
     assert code == 2 and time.monotonic() - start < 10
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1:]
     assert f"--model-dir {folder}" in line and "gen_filters 8 vs 16" in line and "gen_blocks 1 vs 2" in line, line
+
+
+def test_gan_step_prints_no_native_remapper_error(capfd):
+    """TF's grappler remapper fails on the discriminator's Conv2D+BiasAdd+LeakyReLU under a
+    gradient tape and prints `E... remapper failed` on the console; the GAN epochs run without it."""
+    from srcore.models import build_discriminator
+
+    d = build_discriminator(128, 8)
+    opt = tf.keras.optimizers.Adam()
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(d(x, training=True)) - tf.reduce_mean(d(x * 0.5, training=True))
+        opt.apply_gradients(zip(tape.gradient(loss, d.trainable_variables), d.trainable_variables))
+        return loss
+
+    before = tf.config.optimizer.get_experimental_options()
+    with train_mod.grappler_without_remapper():
+        step(tf.random.uniform((2, 128, 128, 3)))
+    assert "remapper failed" not in capfd.readouterr().err
+    assert tf.config.optimizer.get_experimental_options().get("remapping", True) == before.get("remapping", True)
