@@ -153,7 +153,9 @@ def run_name(cfg: Config, step: str = "") -> str:
     if cfg.run_name:
         return f"{step} {cfg.run_name}" if step else cfg.run_name
     source = redact_url(cfg.source).rstrip("/")
-    label = "demo" if source == "demo" else (Path(source).stem.replace("img_align_", "") if source else "data")
+    # `srgan train` has no source, only the ingest folder it reads: name the run after that folder
+    where = source or Path(cfg.data_dir.rstrip("/")).name or "data"
+    label = "demo" if source == "demo" else Path(where).stem.replace("img_align_", "")
     pre = f"p{cfg.pretrain_epochs}+" if cfg.pretrain_epochs else ""
     name = f"{label} {pre}e{cfg.epochs} {cfg.content_loss} bs{cfg.batch_size}"
     return f"{step} {name}" if step else name

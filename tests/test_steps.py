@@ -240,6 +240,9 @@ def test_run_names_tell_runs_apart():
     seed = build_config("seed", overrides={"source": "/data/img_align_celeba.zip"})
     assert run_name(seed) == f"celeba e60 {seed.content_loss} bs30"
     assert run_name(seed.replace(run_name="mine")) == "mine"
+    # `srgan train --data-dir data/celeba-128` (no source): named after the folder it reads, not "data"
+    no_source = build_config("seed", overrides={"data_dir": "data/celeba-128"})
+    assert run_name(no_source, "train") == f"train celeba-128 e60 {seed.content_loss} bs30"
 
 
 def test_upscale_help_fits_in_40_lines():
