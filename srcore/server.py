@@ -42,7 +42,6 @@ import argparse
 import base64
 import binascii
 import dataclasses
-import io
 import json
 import logging
 import re
@@ -174,21 +173,20 @@ def as_image(value: Any, what: str, max_pixels: int) -> np.ndarray:
 
 
 def _decode_b64(text: str, what: str, max_pixels: int) -> np.ndarray:
-    from PIL import Image
+    from srcore.data import images as image_rules
 
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise HttpError(400, f"{what}: b64 is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.width * img.height > max_pixels:  # from the header, before decoding
-                raise HttpError(400, f"{what}: {img.width}x{img.height} px is more than the limit "
-                                     f"max_pixels={max_pixels}")
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except HttpError:
-        raise
+        # the project's one image rule (ingest's): size from the header before decoding, a
+        # complete decode, EXIF orientation, and 16-bit / alpha / palette to 8-bit RGB by
+        # COLOR_RULE (PIL's convert("RGB") clipped 16-bit grey to white and dropped alpha)
+        with image_rules.open_checked(raw, max_pixels) as img:
+            return np.asarray(image_rules.to_rgb8(image_rules.apply_exif_orientation(img)))
+    except image_rules.BadImage as e:
+        raise HttpError(400, f"{what}: b64 is not a usable image: {e}") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad bytes
         raise HttpError(400, f"{what}: b64 is not a readable image ({type(e).__name__})") from None
 

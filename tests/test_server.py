@@ -338,3 +338,30 @@ def test_srgan_serve_reaches_the_server_through_the_step_table():
     assert not {i.name for step in steps.STEPS.values() for i in step.inputs} & {"name", "cfg"}
     with pytest.raises(ValueError, match="invalid input port='abc'"):
         steps.run("serve", build_config("smoke"), model="unused", model_name="m", port="abc")
+
+
+def test_b64_images_follow_the_ingest_colour_rule_and_size_bound():
+    """A 16-bit grey PNG is scaled to 8 bits (PIL's convert clipped it to white), alpha is
+    composited on black as in ingest, and a header over max_pixels is a 400 before decoding."""
+    import struct
+    import zlib
+
+    from srcore.server import HttpError, as_image
+
+    def b64(img: Image.Image) -> dict:
+        buffer = io.BytesIO()
+        img.save(buffer, "PNG")
+        return {"b64": base64.b64encode(buffer.getvalue()).decode()}
+
+    assert as_image(b64(Image.fromarray(np.full((8, 8), 32768, np.uint16))), "image 0", 10**6)[0, 0].tolist() == [128] * 3
+    red = np.zeros((8, 8, 4), np.uint8)
+    red[..., 0] = 255  # fully transparent
+    assert as_image(b64(Image.fromarray(red)), "image 0", 10**6)[0, 0].tolist() == [0, 0, 0]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))  # 80 bytes, 3.6 Gpx
+    with pytest.raises(HttpError, match="image 0: .*max_pixels=262144"):
+        as_image({"b64": base64.b64encode(huge).decode()}, "image 0", 262144)
