@@ -380,9 +380,21 @@ def _json_type(value: Any) -> str:
         type(value), "number" if isinstance(value, numbers.Number) else type(value).__name__)
 
 
+#: evaluate's metrics.json is a few kB; reading more is a wrong file (or a memory bomb)
+MAX_METRICS_BYTES = 4 << 20
+
+
 def _load_json(path: Path) -> Any:
     if not path.is_file():
+        if path.exists():  # a folder, FIFO (would block) or device (/dev/zero: endless)
+            raise ValueError(f"metrics file {path} is not a regular file (expected evaluate's metrics.json)")
         raise FileNotFoundError(f"metrics file {path} does not exist (expected evaluate's metrics.json)")
+    with path.open("rb") as f:
+        text = f.read(MAX_METRICS_BYTES + 1)
+    if len(text) > MAX_METRICS_BYTES:
+        raise ValueError(f"metrics file {path} is larger than {MAX_METRICS_BYTES} bytes: not evaluate's metrics.json "
+                         "(a few dozen numbers)")
+
     def unique(pairs: list[tuple[str, Any]]) -> dict:
         # json keeps the last of duplicate keys silently: a second value could hide the measured one
         seen: dict = {}
@@ -395,7 +407,7 @@ def _load_json(path: Path) -> Any:
     try:
         # an integer too long for a float is +-inf (refused by check_metric, naming its key)
         # rather than an OverflowError or Python's digit-limit error that names no file
-        return json.loads(path.read_text(), object_pairs_hook=unique,
+        return json.loads(text.decode("utf-8"), object_pairs_hook=unique,
                           parse_int=lambda s: int(s) if len(s) <= 300 else float(s))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"metrics file {path} is not valid JSON: {e}") from e

@@ -157,3 +157,18 @@ def test_huge_integers_and_duplicate_keys_are_refused_naming_file_and_key(text, 
         read_evaluation(path)
     assert str(path) in str(err.value)
     assert _as_number(10 ** 400) == float("inf") and _as_number(-(10 ** 400)) == float("-inf")
+
+
+def test_a_metrics_path_that_is_not_a_small_regular_file_is_refused_at_once(tmp_path):
+    import os
+
+    from srcore.registry import MAX_METRICS_BYTES, read_evaluation
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # reading it would block forever
+    for path in (tmp_path, fifo):
+        with pytest.raises(ValueError, match=f"metrics file {re.escape(str(path))} is not a regular file"):
+            read_evaluation(path)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (MAX_METRICS_BYTES + 1))
+    with pytest.raises(ValueError, match="larger than"):
+        read_evaluation(big)
