@@ -398,6 +398,10 @@ def sweep(cfg: Config, trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                  summary["metric"], summary["best_value"], summary["registered_version"],
                  " (champion)" if summary["champion"] else "")
     log.info("runs: %s (experiment %s)", tracking.where_to_look(parent.info.experiment_id), cfg.experiment_name)
+    if summary.get("registered_version"):  # the same closing line as the main job: what to upscale with
+        alias = "champion" if summary["champion"] else "candidate"
+        log.info("model: %s version %s, alias %s -> models:/%s@%s", cfg.registered_model_name,
+                 summary["registered_version"], alias, cfg.registered_model_name, alias)
     return summary
 
 

@@ -5,6 +5,7 @@ one registered version, the comparison table on the parent)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def test_pick_best_by_metric_and_mode():
 
 
 @pytest.mark.slow
-def test_local_sweep_mlflow_structure(smoke_data, tracking, tmp_path):
+def test_local_sweep_mlflow_structure(smoke_data, tracking, tmp_path, caplog):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -67,7 +68,12 @@ def test_local_sweep_mlflow_structure(smoke_data, tracking, tmp_path):
         "model_dir": str(tmp_path / "model"), "eval_dir": str(tmp_path / "eval"),
         "registered_model_name": "srgan-sweep-test", "experiment_name": "sweep-test",
     })
-    summary = sweep(cfg, TRIALS)
+    with caplog.at_level(logging.INFO, logger="srcore.sweep"):
+        summary = sweep(cfg, TRIALS)
+    # it ends like the main job: where the runs are and which models:/ URI to upscale with
+    alias = "champion" if summary["champion"] else "candidate"
+    assert any(r.getMessage() == f"model: srgan-sweep-test version {summary['registered_version']}, alias {alias} "
+               f"-> models:/srgan-sweep-test@{alias}" for r in caplog.records)
 
     client = MlflowClient()
     exp = client.get_experiment_by_name("sweep-test")
