@@ -344,6 +344,12 @@ def read_evaluation(metrics: Mapping[str, Any] | str | os.PathLike) -> Evaluatio
         if problem:
             raise ValueError(f"{source}: {name}={value!r} {problem}; re-run evaluate or fix the file")
         numeric[name] = value
+    spelled: dict[str, str] = {}
+    for name, value in numeric.items():  # two spellings of one metric must agree: which would the gate read?
+        other = spelled.setdefault(metric_names.canonical(name), name)
+        if other != name and numeric[other] != value:
+            raise ValueError(f"{source}: {other}={numeric[other]!r} and {name}={value!r} are two spellings of one "
+                             f"metric ({metric_names.canonical(name)}) with different values; keep one")
     numeric = metric_names.migrate(numeric)
     how = metrics.get("how") if isinstance(metrics.get("how"), Mapping) else None
     manifest_hash = metrics.get("data_manifest_hash")

@@ -148,6 +148,8 @@ def test_concurrent_registrations_of_one_uri_make_one_version_for_any_name(serve
     ('{"test_psnr_y": 1%s, "bicubic_psnr_y": 20}' % ("0" * 400), "test_psnr_y=inf is not a finite number"),
     ('{"test_psnr_y": -1%s, "bicubic_psnr_y": 20}' % ("0" * 5000), "test_psnr_y=-inf is not a finite number"),
     ('{"test_psnr_y": 25, "bicubic_psnr_y": 20, "test_psnr_y": 99}', "key 'test_psnr_y' appears more than once"),
+    ('{"test_psnr_y": 99, "test/psnr_y": 25, "bicubic_psnr_y": 20}', "two spellings of one metric .test/psnr_y."),
+    ('{"bicubic_psnr_y": 9, "test/bicubic_psnr_y": 20}', "two spellings of one metric .test/bicubic/psnr_y."),
 ])
 def test_huge_integers_and_duplicate_keys_are_refused_naming_file_and_key(text, message, tmp_path):
     from srcore.registry import _as_number, read_evaluation
