@@ -31,7 +31,9 @@ RECIPE = ("pretrain_epochs", "epochs", "content_loss", "gan_loss", "adv_weight",
 def _num(value: Any, signed: bool = False) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         sign = "+" if signed else ""
-        return f"{value:{sign}.4f}" if abs(value) < 10 else f"{value:{sign}.2f}"
+        text = f"{value:{sign}.4f}" if abs(value) < 10 else f"{value:{sign}.2f}"
+        # a gain that rounds to zero reads 0.0000, not -0.0000 (a tiny loss is not a result)
+        return text.replace("-", "+" if signed else "", 1) if float(text) == 0 else text
     return "-"
 
 

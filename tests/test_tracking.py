@@ -73,3 +73,13 @@ def test_model_card_is_readable_markdown_without_runs(tracking):
     assert all(section in card for section in CARD)
     assert "| **this model** | 25.00 | 0.8000 | - |" in card and "| bicubic | 24.00 |" in card
     assert "8 faces, hash `ffffffffffff`" in card and "**champion**: beats bicubic" in card
+
+
+def test_model_card_gain_that_rounds_to_zero_has_no_minus_sign(tracking):
+    from srcore.model_card import render
+
+    metrics = {"test/psnr_y": 26.71, "test/bicubic/psnr_y": 26.71, "test/gain_psnr_y": 0.0001,
+               "test/ssim_y": 0.71224, "test/bicubic/ssim_y": 0.71228, "test/gain_ssim_y": -4e-05}
+    card = render("srgan-celeba", "1", "models:/m-1", metrics, "candidate", "stays candidate", None, None,
+                  "f" * 64, "abc", {"images": 8})
+    assert "| gain over bicubic | +0.0001 | +0.0000 |" in card and "-0.0000" not in card
