@@ -25,7 +25,8 @@ Bounded before any work, in this order:
   beyond a small multiple of that (ServerLimits.max_connections) are answered 503 at
   accept and closed, so a flood cannot pile up threads or answers being written;
 - the body: Content-Length over `max_body_bytes` -> 413 before a byte is read; a chunked
-  body is cut (413) as soon as it passes the cap; no length at all -> 411;
+  body is cut (413) as soon as it passes the cap; no length at all -> 411; framing that a
+  proxy could read otherwise (both headers, two lengths, "+5", a non-hex chunk size) -> 400;
 - time: one deadline per request (`max_seconds`) covers reading the body (socket
   timeouts), parsing and the work; the work runs tile by tile and checks the deadline
   before every tile, so a timed-out request (504) stops computing before it is answered;
