@@ -374,7 +374,7 @@ def sweep(cfg: Config, trials: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         mlflow.log_dict({"trials": trials}, "sweep/trials.json")
         if steps.is_ingest_output(cfg.source):
             cfg = apply_overrides(cfg, {"data_dir": str(Path(cfg.source).expanduser())})
-            manifest_hash = json.loads((Path(cfg.data_dir) / "manifest.json").read_text())["content_hash"]
+            manifest_hash = steps.ingest_output_hash(cfg.data_dir)  # one line for a bad manifest, no KeyError
         else:
             manifest_hash = steps.run("ingest", cfg)["content_hash"]
         results, failed = [], 0

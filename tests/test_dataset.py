@@ -173,3 +173,18 @@ def test_parameter_mismatches_are_explained(data_dir: Path):
         train_dataset(config(data_dir, batch_size=64), data_dir)
     with pytest.raises(ValueError, match="hr_size=64"):
         train_dataset(config(data_dir, hr_size=64), data_dir)
+
+
+@pytest.mark.parametrize("content, named", [
+    (b"[1]", "a JSON list, not an object"),
+    (b'{"format_version": 1', "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+])
+def test_a_foreign_manifest_json_is_one_line_naming_it(tmp_path, content, named):
+    """--data-dir at a folder whose manifest.json is another tool's (a list, broken, not UTF-8)."""
+    from srcore.data.manifest import read_manifest
+
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(ValueError, match=named) as caught:
+        read_manifest(tmp_path)
+    assert str(tmp_path / "manifest.json") in str(caught.value) and "\n" not in str(caught.value)

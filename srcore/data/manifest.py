@@ -58,6 +58,10 @@ def load_manifest(folder: str | os.PathLike) -> dict | None:
     return manifest
 
 
+#: a manifest lists every test and shard name: ~3 MB for all 202,599 CelebA faces
+MAX_MANIFEST_BYTES = 64 << 20
+
+
 def read_manifest(data_dir: str | os.PathLike) -> dict:
     """The manifest.json of an ingest output; a clear error when there is none."""
     path = Path(data_dir).expanduser() / MANIFEST
@@ -66,7 +70,17 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
             f"{data_dir} is not an ingest output (no {MANIFEST}): run `srgan ingest` first, "
             "or pass the --data-dir it wrote to"
         )
-    manifest = json.loads(path.read_text())
+    with path.open("rb") as f:  # is_file(): no FIFO or device; capped: a manifest is a list of names
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    redo = "run `srgan ingest` first, or pass the --data-dir it wrote to"
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_MANIFEST_BYTES} bytes: not an ingest manifest; {redo}")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{path} is not an ingest manifest (not valid JSON: {str(err)[:120]}); {redo}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not an ingest manifest (a JSON {type(manifest).__name__}, not an object); {redo}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{path} has format_version {manifest.get('format_version')!r}, this code reads "
