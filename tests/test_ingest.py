@@ -510,3 +510,23 @@ def test_acceptance_celeba_1000(tmp_path: Path):
             expected = np.asarray(original.crop(CELEBA_BOX))
         np.testing.assert_array_equal(read_png(tmp_path / "data" / "test" / f"{name}.png"), expected)
     assert os.path.getsize(tmp_path / "data" / "train" / manifest["train_shards"][0]) > 950 * 20_000
+
+
+def test_a_partition_file_that_is_not_a_small_text_file_is_one_line(tmp_path):
+    """A FIFO (would block), a folder, bytes that are not UTF-8: refused naming the parameter."""
+    import os
+
+    from srcore.config import ConfigError
+    from srcore.data.ingest import read_partition_file
+
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9.jpg 0\n")
+    for path, named in ((fifo, "not a regular file"), (tmp_path, "not a regular file"),
+                        (tmp_path / "absent.txt", "no such file"), (latin, "not UTF-8")):
+        with pytest.raises(ConfigError, match=f"partition_file=.*{named}"):
+            read_partition_file(path)
+    good = tmp_path / "list_eval_partition.txt"
+    good.write_text("000001.jpg 0\n000002.jpg 2\n")
+    assert read_partition_file(good) == {"000001": "0", "000002": "2"}

@@ -226,10 +226,29 @@ def _list_candidates(cfg: Config, skipped: list[dict[str, str]]) -> tuple[list[s
     return candidates, selection
 
 
+#: CelebA's list_eval_partition.txt is 3.4 MB for 202,599 faces
+MAX_PARTITION_BYTES = 64 << 20
+
+
 def read_partition_file(path: str | os.PathLike) -> dict[str, str]:
     """CelebA list_eval_partition.txt ('000001.jpg 0' lines) -> {'000001': '0'}."""
     partitions: dict[str, str] = {}
-    for number, line in enumerate(Path(path).expanduser().read_text().splitlines(), start=1):
+    file = Path(path).expanduser()
+    bad = f"invalid parameter partition_file={str(path)!r}"
+    if not file.is_file():  # a FIFO would block, /dev/zero would fill memory
+        raise ConfigError(f"{bad}: {'not a regular file' if file.exists() else 'no such file'}; pass "
+                          "CelebA's list_eval_partition.txt")
+    try:
+        with file.open("rb") as f:
+            raw = f.read(MAX_PARTITION_BYTES + 1)
+        text = raw.decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{bad}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{bad}: not UTF-8 text (byte {err.start})") from None
+    if len(raw) > MAX_PARTITION_BYTES:
+        raise ConfigError(f"{bad}: larger than {MAX_PARTITION_BYTES} bytes (CelebA's is 3.4 MB)")
+    for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
