@@ -78,6 +78,10 @@ class TrialResult:
 # ---- trials -----------------------------------------------------------------------------
 
 
+#: a trials file is a few Config overrides per trial
+MAX_TRIALS_BYTES = 1 << 20
+
+
 def load_trials(trials: str | os.PathLike | Sequence[Mapping[str, Any]], cfg: Config | None = None) -> list[dict]:
     """Trials from a JSON file, a JSON string or a list; each checked against Config
     (unknown fields, bad values and fields shared by all trials are refused)."""
@@ -86,13 +90,29 @@ def load_trials(trials: str | os.PathLike | Sequence[Mapping[str, Any]], cfg: Co
         text = str(trials)
         path = Path(text).expanduser()
         if not text.lstrip().startswith("[") and path.is_file():
-            where, text = str(path), path.read_text()
+            with path.open("rb") as f:
+                raw = f.read(MAX_TRIALS_BYTES + 1)
+            if len(raw) > MAX_TRIALS_BYTES:
+                raise ConfigError(f"{path} is larger than {MAX_TRIALS_BYTES} bytes: a trials file is a short JSON list")
+            where, text = str(path), raw
         elif not text.lstrip().startswith("["):
             raise ConfigError(f"trials {text!r}: not a file; pass --trials trials.json (a JSON list of objects)")
+
+        def unique(pairs: list[tuple[str, Any]]) -> dict:
+            keys = [k for k, _ in pairs]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:  # json keeps the last silently: which value did the user mean?
+                raise ConfigError(f"{where}: a trial gives {', '.join(map(repr, twice))} more than once; keep one")
+            return dict(pairs)
+
         try:
-            trials = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where} is not valid JSON: {e}") from None
+            trials = json.loads(text, object_pairs_hook=unique)
+        except ConfigError:
+            raise
+        except RecursionError:
+            raise ConfigError(f"{where} is nested too deeply to be a list of trials") from None
+        except ValueError as e:  # bad JSON, not UTF-8, an integer of thousands of digits
+            raise ConfigError(f"{where} is not valid JSON: {str(e)[:160]}") from None
     if not isinstance(trials, list) or not trials or not all(isinstance(t, Mapping) for t in trials):
         raise ConfigError(f"{where} must be a non-empty JSON list of objects of Config fields, "
                           'e.g. [{"learning_rate": 1e-4}, {"learning_rate": 2e-4}]')

@@ -23,6 +23,20 @@ def test_trial_names_read_at_a_glance():
     assert trial_name({"gen_init_scale": 0.1}) == "init=0.1"
 
 
+@pytest.mark.parametrize("content, named", [
+    (b"\xff[", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'[{"epochs": 1' + b"0" * 5000 + b"}]", "not valid JSON"),
+    (b'[{"epochs": 2, "epochs": 3}]', "'epochs' more than once"),
+])
+def test_a_hostile_trials_file_is_one_line_naming_it(tmp_path, content, named):
+    path = tmp_path / "trials.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=named) as caught:
+        load_trials(str(path))
+    assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
+
+
 def test_load_trials_from_file_and_refusals(tmp_path):
     path = tmp_path / "trials.json"
     path.write_text(json.dumps(TRIALS))
