@@ -93,6 +93,9 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     else:
         logging.getLogger().setLevel(level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ banner out of our logs
+    # TF's Python INFO lines (e.g. "Assets written to: /tmp/srgan-savedmodel-.../assets", a temporary
+    # folder that is gone by the next line) are for debugging TF, not for a person following the job
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
 
 
 def git_commit() -> str | None:

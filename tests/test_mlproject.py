@@ -55,8 +55,9 @@ def test_readme_main_job_lands_in_srgan_celeba_with_resolved_params(tmp_path):
     assert "alias candidate -> models:/srgan-celeba@candidate" in log or "alias champion" in log
     assert sum('"parent_run_id"' in line for line in (proc.stdout + log).splitlines()) == 1  # the JSON, once
     # a newcomer's console: no CUDA/absl start-up noise, no MLflow type-hint advice, no artifact progress
-    # bars, no native grappler error from the GAN step
-    for noise in ("cuInit", "absl::InitializeLog", "Add type hints", "Downloading artifacts", "remapper failed"):
+    # bars, no native grappler error from the GAN step, no TF INFO line naming a temporary folder
+    for noise in ("cuInit", "absl::InitializeLog", "Add type hints", "Downloading artifacts", "remapper failed",
+                  "Assets written to"):
         assert noise not in log, f"{noise!r} on the console"
 
     client = mlflow.MlflowClient(uri)

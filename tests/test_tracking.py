@@ -83,3 +83,20 @@ def test_model_card_gain_that_rounds_to_zero_has_no_minus_sign(tracking):
     card = render("srgan-celeba", "1", "models:/m-1", metrics, "candidate", "stays candidate", None, None,
                   "f" * 64, "abc", {"images": 8})
     assert "| gain over bicubic | +0.0001 | +0.0000 |" in card and "-0.0000" not in card
+
+
+def test_tensorflow_info_lines_show_only_at_debug():
+    import logging
+
+    from srcore.tracking import configure_logging
+
+    tf_log, root = logging.getLogger("tensorflow"), logging.getLogger()
+    before, root_before = tf_log.level, root.level
+    try:
+        configure_logging("INFO")
+        assert not tf_log.isEnabledFor(logging.INFO) and tf_log.isEnabledFor(logging.WARNING)
+        configure_logging("DEBUG")
+        assert tf_log.isEnabledFor(logging.INFO)
+    finally:
+        tf_log.setLevel(before)
+        root.setLevel(root_before)
