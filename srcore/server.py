@@ -485,9 +485,15 @@ def _scale(generator: Any) -> int:
 
 def make_server(model: str | Any, name: str, host: str = "127.0.0.1", port: int = 8080,
                 limits: ServerLimits | None = None) -> UpscaleServer:
-    """Load the model (path/URI, or an already loaded generator) and bind; serve_forever() serves."""
+    """Load the model (path/URI, or an already loaded generator) and bind; serve_forever() serves.
+    A bad port is refused before the (slow) load; a failed bind names the address."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"invalid input port={port!r}: expected a TCP port number 0..65535 (0: any free port)")
     generator = load_model(model) if isinstance(model, (str, Path)) else model
-    return UpscaleServer((host, port), generator, name, limits or ServerLimits())
+    try:
+        return UpscaleServer((host, port), generator, name, limits or ServerLimits())
+    except OSError as err:  # address in use, no such host or interface, a privileged port
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}; pass another --host/--port") from None
 
 
 def serve_step(cfg: Any, model: str, model_name: str = "", host: str = "", port: str = "") -> dict[str, Any]:

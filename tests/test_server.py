@@ -365,3 +365,17 @@ def test_b64_images_follow_the_ingest_colour_rule_and_size_bound():
             + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))  # 80 bytes, 3.6 Gpx
     with pytest.raises(HttpError, match="image 0: .*max_pixels=262144"):
         as_image({"b64": base64.b64encode(huge).decode()}, "image 0", 262144)
+
+
+def test_a_bad_port_or_a_busy_address_is_one_line(keras_model):
+    from srcore.server import make_server
+
+    for port in (99999, -1, True):  # refused before the model loads: the path need not exist
+        with pytest.raises(ValueError, match="port=.*0..65535"):
+            make_server("/no/such/model", NAME, "127.0.0.1", port)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            make_server(str(keras_model), NAME, "127.0.0.1", port)
