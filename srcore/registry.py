@@ -305,7 +305,8 @@ def _check_model_uri(model_uri: str) -> None:
         message = e.message if isinstance(e, MlflowException) else str(e)
         raise ConfigError(
             f"invalid parameter model_uri={model_uri!r}: not an MLflow model ({_first_line(message)}); pass the "
-            "model URI train printed (runs:/<run id>/upscaler or models:/<name>/<version>)"
+            "model_uri train printed (models:/m-<id>), or models:/<name>/<version> (a generator.keras file is "
+            "not a model URI)"
         ) from None
 
 

@@ -79,6 +79,8 @@ def test_bad_metrics_are_one_line_naming_file_and_key_and_register_nothing(case,
 
 @pytest.mark.parametrize("uri, model, message", [
     ("bogus", None, "model_uri='bogus': not an MLflow model"),
+    # a newcomer's guess: the file train wrote; the line names the URI form train prints
+    ("runs/srgan/generator.keras", None, r"not an MLflow model .*model_uri train printed \(models:/m-<id>\)"),
     ("runs:/0123456789abcdef0123456789abcdef/upscaler", None, "not an MLflow model .*Run .* not found"),
     ("models:/no-such-model@champion", None, "not an MLflow model"),
     ("", None, "model_uri"),
