@@ -20,10 +20,12 @@ or {"b64": "<base64 PNG/JPEG>"} (TF Serving's binary convention). Parameters: `t
 about 20x smaller).
 
 Bounded before any work, in this order:
-- connections: at most `max_concurrent` requests are read and worked on at once; one
-  more is answered 503 (Retry-After) at once, without reading its body; connections
-  beyond a small multiple of that (ServerLimits.max_connections) are answered 503 at
-  accept and closed, so a flood cannot pile up threads or answers being written;
+- connections: at most `max_concurrent` requests are worked on at once; one more is
+  answered 503 (Retry-After) as soon as its body is in. Bodies are read before a slot is
+  taken, so a slow sender holds only its own connection; connections beyond a small
+  multiple of max_concurrent (ServerLimits.max_connections) are answered 503 at accept
+  and closed, so a flood cannot pile up threads, bodies (each at most max_body_bytes)
+  or answers being written;
 - the body: Content-Length over `max_body_bytes` -> 413 before a byte is read; a chunked
   body is cut (413) as soon as it passes the cap; no length at all -> 411; framing that a
   proxy could read otherwise (both headers, two lengths, "+5", a non-hex chunk size) -> 400;
@@ -272,7 +274,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_expect_100(self) -> bool:
         """Say "100 Continue" only to a body the server would read: an announced size over the
-        cap, or no free slot, is answered now, before the client sends a byte of it."""
+        cap is answered now, before the client sends a byte of it."""
         cap = self.server.limits.max_body_bytes
         length = self.headers.get("Content-Length") or "0"
         if length.isdigit() and int(length) > cap:
@@ -308,13 +310,21 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": f"model {match.group(1)!r} is not served here"})
         if not match and path != "/invocations":
             return self._send(404, {"error": f"no such path {path}"})
+        start = time.monotonic()
+        deadline = start + self.server.limits.serving.max_seconds
+        # The body is read before a work slot is taken: a client that sends slowly holds only its
+        # connection (bounded by max_connections, each body by max_body_bytes), never a slot
+        # that others need, and the same deadline still ends it.
+        try:
+            body = self._read_body(deadline)
+            self._body_read = True
+        except HttpError as e:
+            return self._send(e.status, {"error": e.message}, e.headers)
         if not self.server.slots.acquire(blocking=False):
             return self._send(503, {"error": f"busy: {self.server.limits.max_concurrent} requests in flight "
                                              "(max_concurrent); retry later"}, {"Retry-After": "1"})
-        start = time.monotonic()
         try:
-            status, payload, headers = 200, self._predict(start + self.server.limits.serving.max_seconds,
-                                                          mlflow=not match), {}
+            status, payload, headers = 200, self._predict(body, deadline, mlflow=not match), {}
         except HttpError as e:
             status, payload, headers = e.status, {"error": e.message}, e.headers
         finally:
@@ -326,12 +336,10 @@ class Handler(BaseHTTPRequestHandler):
                  f": {payload['error']}" if status != 200 else "")
 
     # ---- the request
-    def _predict(self, deadline: float, mlflow: bool) -> dict:
+    def _predict(self, body: bytes, deadline: float, mlflow: bool) -> dict:
         from srcore.upscale import UpscaleTimeout, check_image_array, upscale_array
 
         limits = self.server.limits
-        body = self._read_body(deadline)
-        self._body_read = True
         request = parse_json(body)
         del body
         key, params_key = ("inputs", "params") if mlflow else ("instances", "parameters")

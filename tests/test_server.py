@@ -229,19 +229,31 @@ def test_deep_nesting_and_limits_are_400s(server):
     assert big.status_code == 400 and "max_response_bytes" in big.json()["error"] and "png" in big.json()["error"]
 
 
-def test_one_request_in_flight_then_503_at_once(server):
-    url, port = server
-    # a request whose body is still arriving holds the only slot
+def test_a_slow_body_holds_no_slot_and_work_in_flight_gets_503_at_once(in_process, keras_model):
+    """max_concurrent=1: a body still arriving does not take the only slot (another request is
+    served meanwhile); a request being worked on does, and one more is answered 503 at once."""
+    counting = CountingGenerator(load_generator(str(keras_model)), delay=0.05)
+    url, srv = in_process(counting, max_concurrent=1, serving=ServingLimits(min_tile=8, max_seconds=20))
+    port = srv.server_address[1]
     slow = raw_request(port, f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: x\r\n"
                              "Content-Type: application/json\r\nContent-Length: 40", b'{"instances"')
-    time.sleep(0.5)
+    time.sleep(0.3)
+    assert predict(url, {"instances": [image(8, 8).tolist()], "parameters": {"tile": 8}}).status_code == 200
+    slow.sendall(b': [[[[1,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]}'[:40 - len(b'{"instances"')])
+    status, body = read_status(slow)
+    assert status in (200, 400), body  # worked on once its body was in
+
+    long_work = threading.Thread(target=predict, args=(url, {"instances": [image(48, 40).tolist()],
+                                                              "parameters": {"tile": 8}}))  # 30 tiles, ~1.5 s
+    before = counting.calls
+    long_work.start()
+    while counting.calls == before:  # the work has started: it holds the slot
+        time.sleep(0.01)
     start = time.monotonic()
     busy = predict(url, {"instances": [image(8, 8).tolist()]})
     assert busy.status_code == 503 and busy.headers["Retry-After"] == "1" and "max_concurrent" in busy.text
     assert time.monotonic() - start < 2
-    slow.sendall(b': [[[[1,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]}'[:40 - len(b'{"instances"')])
-    status, body = read_status(slow)
-    assert status in (200, 400), body  # it was worked on; the slot is free again
+    long_work.join(30)
     assert predict(url, {"instances": [image(8, 8).tolist()], "parameters": {"tile": 8}}).status_code == 200
 
 
