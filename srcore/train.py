@@ -68,6 +68,7 @@ def grappler_without_remapper():
     finally:
         tf.config.optimizer.set_experimental_options({**before, "remapping": before.get("remapping", True)})
 
+
 class ArchitectureMismatchError(ConfigError):
     """The model folder holds checkpoints of another architecture (one line, no TF restore error)."""
 
