@@ -379,4 +379,6 @@ def _log_to_mlflow(result: dict[str, Any], summary: dict[str, float], files: Seq
         # MLflow's image card captions the picture with the run's name and every param
         # (MLflow 3.17's "Show run parameters", on by default, stored per browser); evaluate
         # logs no params, so only here is the caption one line. Step 0: where the card opens.
-        mlflow.log_image(card, key=SHOWCASE_CARD, step=0)
+        # synchronous: MLflow's fluent log_image uploads key-based images in a background thread by
+        # default, and a KFP pod (or any short process) can exit before the full-size PNG is stored
+        mlflow.log_image(card, key=SHOWCASE_CARD, step=0, synchronous=True)
